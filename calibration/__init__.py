@@ -1,0 +1,1 @@
+"""Calibration (layer 4): procedures that measure the built system, fits and artifacts."""

@@ -1,0 +1,1 @@
+"""Device drivers (layer 3): protocols, real implementations and simulated twins."""

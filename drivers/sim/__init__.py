@@ -1,0 +1,1 @@
+"""Simulated twins of the bench devices, built on onnlab.optics."""
