@@ -52,7 +52,7 @@ class FrameIncomplete(DeviceError):
 
 
 class LimitError(DeviceError):
-    """A requested move or setting lies outside the device's configured limits (nothing was sent)."""
+    """A requested move or setting is outside the configured limits (nothing was sent)."""
 
 
 class ProtocolError(DeviceError):
