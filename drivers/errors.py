@@ -61,3 +61,26 @@ class ProtocolError(DeviceError):
 
 class DeviceNotFound(DeviceError):
     """No device matched the configured serial/model/id."""
+
+
+class MotionError(DeviceError):
+    """A move did not complete as commanded (stall, following error, hardware limit switch)."""
+
+
+class DeviceBusy(DeviceTimeout):
+    """Another thread held the device lock for longer than `timeout_s`."""
+
+
+class ConfigurationError(DeviceError, ValueError):
+    """A bench config is invalid; the message names the file, the field and what was expected.
+
+    It is a `ValueError` too, so code that validates parameters generically catches it, and the
+    CLI prints it as one line.
+    """
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UnsupportedFeature(DeviceError):
+    """The device has no such feature (e.g. a camera without an ExposureTime node)."""

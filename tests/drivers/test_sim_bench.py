@@ -1,0 +1,182 @@
+"""Physics of the simulated bench: each hidden quantity really shows up in the frames."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from drivers.sim import DisplayResponse, Focus, Registration, SimulatedBench, design_psfs
+from onnlab.optics import SensorModel, cut_tiles, optical_conv2d
+
+NOISELESS = SensorModel(
+    poisson=False,
+    read_noise=False,
+    quantize=False,
+    full_well_e=1e9,
+    bit_depth=16,
+    gain_dn_per_e=1.0,
+    full_scale_e=10_000.0,
+)
+
+
+def _ideal(psfs: torch.Tensor, **kw) -> SimulatedBench:
+    opts = dict(
+        error_strength=0.0,
+        display=DisplayResponse(1.0, 0.0),
+        sensor=NOISELESS,
+    )
+    opts.update(kw)
+    return SimulatedBench(psfs, (28, 28), **opts)
+
+
+def _delta_psfs(k: int = 8, c: int = 1, px: int = 7, energy: float = 0.5) -> torch.Tensor:
+    p = torch.zeros(k, c, px, px)
+    p[:, :, px // 2, px // 2] = energy / c
+    return p
+
+
+def test_ideal_bench_equals_optical_conv2d() -> None:
+    psfs = design_psfs("mnist", 8, 7, seed=1)
+    bench = _ideal(psfs)
+    x = torch.rand(3, 1, 28, 28)
+    sensor = torch.from_numpy(np.stack([f.pixels for f in bench.render(x)]).astype(np.float32))
+    lay = bench.truth.layout
+    tiles = cut_tiles(sensor, lay.rows, lay.cols, lay.tile_hw, lay.gap_px, origin_px=lay.origin_px)
+    ref = optical_conv2d(torch.round(x * 255) / 255, psfs) * NOISELESS.full_scale_e
+    assert torch.allclose(tiles, ref, atol=0.51)  # frames are integer DN
+    assert ref.max() > 1000
+
+
+def test_display_gamma_and_black_level_shape_the_response() -> None:
+    truth_display = DisplayResponse(gamma=2.4, black_level=0.02)
+    bench = _ideal(design_psfs("mnist", 8, 7, seed=2), display=truth_display)
+    means = []
+    for g in (64, 128, 255):
+        bench.slm.show(np.full((28, 28), g, np.uint8), pattern_id=g)
+        frame = bench.camera.capture()
+        means.append(frame.pixels[20:30, 20:30].astype(float).mean())  # inside tile 0
+    expected = truth_display.lut()[[64, 128, 255]]
+    assert np.allclose(np.array(means) / means[-1], expected / expected[-1], rtol=0.01)
+    linear = np.array([64, 128, 255]) / 255
+    assert not np.allclose(np.array(means) / means[-1], linear, rtol=0.1)
+
+
+def test_registration_puts_tiles_where_truth_says() -> None:
+    reg = Registration(offset_px=(1.3, -2.2), rotation_rad=0.01, scale=1.01)
+    bench = _ideal(_delta_psfs(), registration=reg)
+    img = np.zeros((28, 28))
+    img[13:15, 13:15] = 1.0  # a 2x2 spot centred on (13.5, 13.5) = tile centre
+    bench.slm.show(img)
+    pix = bench.camera.capture().pixels.astype(float)
+    centres = bench.truth.tile_centers_px()
+    yy, xx = np.mgrid[: pix.shape[0], : pix.shape[1]]
+    for cy, cx in centres:
+        win = (np.abs(yy - cy) < 5) & (np.abs(xx - cx) < 5)
+        w = pix * win
+        got = np.array([(w * yy).sum(), (w * xx).sum()]) / w.sum()
+        assert np.allclose(got, [cy, cx], atol=0.1)
+    nominal = bench.truth.layout.tile_centers_px(8)
+    assert np.abs(centres - nominal).max() > 1.0  # the test would notice a missing warp
+
+
+def test_defocus_from_stage_position_blurs_but_keeps_energy() -> None:
+    bench = _ideal(_delta_psfs(), focus=Focus(z_focus_m=12.5e-3, k_defocus_px_per_m=2e4))
+    img = np.zeros((28, 28))
+    img[14, 14] = 1.0
+    bench.slm.show(img)
+    sharp = bench.camera.capture().pixels.astype(float)
+    bench.stage.move_relative(100e-6)  # sigma = 2 px
+    blurred = bench.camera.capture().pixels.astype(float)
+    assert blurred.max() < 0.2 * sharp.max()
+    assert blurred.sum() == pytest.approx(sharp.sum(), rel=0.01)
+    assert bench.camera.capture().meta["stage_z_m"] == pytest.approx(12.6e-3)
+
+
+def test_noise_statistics_match_sensor_model_on_both_paths() -> None:
+    sensor = SensorModel(full_scale_e=10_000, read_noise_e=5.0, offset_dn=100.0, bit_depth=14)
+    bench = SimulatedBench(design_psfs("mnist", 8, 7, seed=3), (28, 28), seed=3, sensor=sensor)
+    img = np.full((28, 28), 200, np.uint8)
+    bench.slm.show(img)
+    single = np.stack([bench.camera.capture().pixels for _ in range(150)]).astype(float)
+    batch = np.stack([f.pixels for f in bench.render(np.full((150, 1, 28, 28), 200, np.uint8))])
+    mean_dn = bench.expected_dn(img[None, None]).numpy()[0]
+    var_dn = sensor.variance_dn((torch.from_numpy(mean_dn) - 100.0) / sensor.gain).numpy()
+    bright = mean_dn > mean_dn.max() * 0.5
+    for stack in (single, batch.astype(float)):
+        assert np.allclose(stack.mean(0)[bright].mean(), mean_dn[bright].mean(), rtol=0.01)
+        ratio = stack.var(0, ddof=1)[bright].mean() / var_dn[bright].mean()
+        assert 0.9 < ratio < 1.1
+    dark = stack.mean(0)[:3, :3].mean()
+    assert dark == pytest.approx(100.0, abs=0.5)
+
+
+def test_exposure_scales_signal_linearly() -> None:
+    bench = _ideal(design_psfs("mnist", 8, 7, seed=4))
+    bench.slm.show(np.full((28, 28), 255, np.uint8))
+    bench.camera.exposure_s = 0.5
+    a = bench.camera.capture()
+    bench.camera.set_exposure(0.25)
+    b = bench.camera.capture()
+    assert (a.exposure_s, b.exposure_s) == (0.5, 0.25)
+    assert a.pixels.astype(float).sum() == pytest.approx(2 * b.pixels.astype(float).sum(), rel=1e-3)
+
+
+def test_rgb_display_sums_channels_on_mono_sensor() -> None:
+    psfs = design_psfs("cifar10", 4, 5, seed=5)
+    bench = SimulatedBench(
+        psfs, (28, 28), error_strength=0.0, display=DisplayResponse(1.0, 0.0), sensor=NOISELESS
+    )
+    assert bench.slm.channels == 3
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    rgb[..., 1] = 255
+    bench.slm.show(rgb)
+    only_green = bench.camera.capture().pixels.astype(float)
+    bench.slm.show(np.full((28, 28, 3), 255, np.uint8))
+    white = bench.camera.capture().pixels.astype(float)
+    green_share = psfs[:, 1].sum() / psfs.sum()
+    assert only_green.sum() / white.sum() == pytest.approx(float(green_share), rel=0.02)
+    with pytest.raises(ValueError, match="pattern"):
+        bench.slm.show(np.zeros((28, 28)))
+
+
+def test_frames_own_their_pixels_and_seed_is_deterministic() -> None:
+    psfs = design_psfs("mnist", 8, 7, seed=6)
+    a, b = SimulatedBench(psfs, (28, 28), seed=9), SimulatedBench(psfs, (28, 28), seed=9)
+    img = np.random.default_rng(0).random((28, 28))
+    a.slm.show(img)
+    b.slm.show(img)
+    f1, f2 = a.camera.capture(), b.camera.capture()
+    assert np.array_equal(f1.pixels, f2.pixels)
+    f3 = a.camera.capture()
+    f3.pixels[:] = 0
+    assert f1.pixels.any() and not np.shares_memory(f1.pixels, f3.pixels)
+    other = SimulatedBench(psfs, (28, 28), seed=10)
+    assert other.truth.display.gamma != a.truth.display.gamma
+    assert not torch.equal(other.truth.gain, a.truth.gain)
+
+
+def test_per_frame_capture_takes_milliseconds() -> None:
+    bench = SimulatedBench(design_psfs("mnist", 8, 7, seed=7), (28, 28))
+    img = np.random.default_rng(1).random((28, 28))
+    t0 = time.perf_counter()
+    for i in range(200):
+        bench.slm.show(img, pattern_id=i)
+        frame = bench.camera.capture()
+    per_frame = (time.perf_counter() - t0) / 200
+    assert frame.pattern_id == 199 and frame.frame_id == 199
+    assert per_frame < 0.02, f"{per_frame * 1e3:.1f} ms per frame"
+
+
+def test_bad_bench_parameters_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="design_psfs"):
+        SimulatedBench(torch.rand(8, 7, 7), (28, 28))
+    with pytest.raises(ValueError, match="image_hw"):
+        SimulatedBench(torch.rand(8, 1, 7, 7), (28,))
+    with pytest.raises(ValueError, match="rows"):
+        SimulatedBench(torch.rand(8, 1, 7, 7), (28, 28), rows=1, cols=2)
+    bench = SimulatedBench(torch.rand(2, 1, 3, 3) * 0.05, (8, 8))
+    with pytest.raises(ValueError, match="images"):
+        bench.render(torch.rand(2, 1, 9, 9))
