@@ -1,0 +1,315 @@
+"""Step "registration": where each kernel's tile lands on the camera, from displayed dots.
+
+Why dots: a single lit panel pixel images to one copy of each kernel's PSF in each tile; its
+centroid is exact (dot position + the PSF's own centroid, mapped by the registration), needs
+no PSF model, and many dots over several grid phases average the noise far below 0.1 px.
+Why a global model instead of independent per-tile fits: the tiles are one rigid relay, so
+one similarity (shift, rotation, scale about the frame centre) moves all of them; the dots'
+spread *within* a tile additionally reveals the display's rotation relative to the optic.
+What dots cannot tell apart is a shift of the display image from a shift of the camera (both
+move every blob); the tile windows can: content is cut where a tile ends, so the final split
+comes from fitting the edges of a full-white frame (`split_window_shift`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import least_squares
+from scipy.signal import convolve2d
+
+from calibration.fitting.registration import psf_centroid_offset, window_centroids
+from calibration.forward import ForwardModel, Geometry, TileGeometry, tile_boxes
+from calibration.procedures.base import BenchContext, StepResult, with_single_thread
+from calibration.procedures.patterns import dot_image, dot_phases, dot_positions
+from onnlab.errors import CalibrationError
+
+
+@dataclass(frozen=True)
+class RegistrationResult(StepResult):
+    """Fitted geometry (residual = RMS centroid misfit in px) and the raw fiducials."""
+
+    geometry: Geometry
+    composite_offset: tuple[float, float]  # camera offset + scale·R·display shift
+    per_tile_rms_px: np.ndarray  # (K,)
+    measured_yx: np.ndarray  # (N, 2) centroids on the camera
+    predicted_yx: np.ndarray  # (N, 2) model positions
+    tile_index: np.ndarray  # (N,)
+    blob_width_ratio: float  # measured / design PSF RMS width (≫1: defocused)
+
+
+def _model_points(
+    p: np.ndarray, tiles: TileGeometry, src: np.ndarray, psf_off: np.ndarray, tile_idx: np.ndarray
+) -> np.ndarray:
+    """Camera positions of dot images: p = (scale, rot, image_rot, ty_eff, tx_eff).
+
+    The display rotation acts on the dot position (before the optic), the PSF centroid
+    offset is added after it (the optic's own frame), then tiles and registration.
+    """
+    scale, rot, irot, ty, tx = p
+    h, w = tiles.image_hw
+    ci = np.array([(h - 1) / 2, (w - 1) / 2])
+    cs = np.asarray(tiles.centre_px)
+    ri = np.array([[np.cos(irot), np.sin(irot)], [-np.sin(irot), np.cos(irot)]])
+    rs = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])
+    q = ci + (src - ci) @ ri.T  # display rotation about the panel centre
+    u = tiles.tile_origins_px()[tile_idx] + q + psf_off[tile_idx]
+    return cs + scale * (u - cs) @ rs.T + np.array([ty, tx])
+
+
+def _rms_width(blob: np.ndarray) -> float:
+    """RMS radius of a non-negative blob about its centroid."""
+    b = np.clip(blob, 0, None)
+    tot = b.sum()
+    if tot <= 0:
+        return float("nan")
+    yy, xx = np.indices(b.shape)
+    cy, cx = (b * yy).sum() / tot, (b * xx).sum() / tot
+    return float(np.sqrt((b * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / tot))
+
+
+@with_single_thread
+def measure_registration(
+    ctx: BenchContext,
+    *,
+    n_phases: int = 4,
+    n_frames: int = 3,
+    dot_px: int = 2,
+    max_rms_px: float = 0.3,
+    split_with_edges: bool = True,
+) -> RegistrationResult:
+    """Fit the registration from dot grids (+ tile edges of a white frame); store in ``ctx``.
+
+    Refuses when dots are missing (no signal / wrong exposure), when blobs are much wider than
+    the design PSFs (defocused: run the focus step), or when the similarity does not explain
+    the centroids (RMS > ``max_rms_px``: misregistered beyond the search window, or a
+    distorting relay).
+    """
+    t0 = time.perf_counter()
+    n0 = ctx.frames_captured
+    tiles = ctx.tiles
+    design = ctx.design_psfs.detach().cpu().double()
+    k = int(design.shape[-1])
+    # Windows must hold a whole blob (PSF + dot + interpolation) but no neighbour.
+    radius = k // 2 + dot_px + 1
+    pitch = 2 * radius + 2
+    black = ctx.uniform(0)
+    phases = dot_phases(pitch, n_phases)
+    grids = [dot_positions(ctx.image_hw, k, pitch, ph, dot_px) for ph in phases]
+
+    def show(dots: np.ndarray) -> np.ndarray:
+        return ctx.pattern(dot_image(ctx.image_hw, dots, dot_px=dot_px))
+
+    centre = (dot_px - 1) / 2
+    ctx.report("registration: exposure", 0.0)
+    ctx.auto_expose(show(grids[0]), target=0.7)
+    bg = ctx.capture_mean(black, n_frames + 1, "reg-black")
+    offsets = np.stack([psf_centroid_offset(p) for p in design.numpy()])  # (K, 2)
+
+    # Coarse integer shift: correlate the first dot frame with its nominal prediction.
+    fm0 = ForwardModel(tiles, Geometry.identity())
+    first = ctx.capture_mean(show(grids[0]), n_frames, "reg0")
+    img0 = dot_image(ctx.image_hw, grids[0], dot_px=dot_px) / 255.0
+    nominal = fm0.signal(
+        torch.from_numpy(img0)[None, None].expand(1, ctx.channels, -1, -1), design
+    )[0].numpy()
+    shift = _integer_shift(first - bg, nominal)
+
+    meas, src, tidx, widths = [], [], [], []
+    n_expected = 0
+    for i, dots in enumerate(grids):
+        ctx.report(f"registration: dots {i + 1}/{len(grids)}", (i + 1) / (len(grids) + 1))
+        frame = first if i == 0 else ctx.capture_mean(show(dots), n_frames, f"reg{i}")
+        diff = frame - bg
+        src_all = np.repeat(dots[None] + centre, tiles.n_kernels, 0).astype(np.float64)
+        t_all = np.repeat(np.arange(tiles.n_kernels)[:, None], len(dots), 1)
+        guess = tiles.tile_origins_px()[t_all] + src_all + offsets[t_all] + shift
+        cen, energy = window_centroids(diff, guess.reshape(-1, 2), radius=radius)
+        n_expected += len(cen)
+        ok = np.isfinite(cen).all(1) & (energy > 0.2 * np.median(energy[energy > 0]))
+        ok &= np.linalg.norm(cen - guess.reshape(-1, 2), axis=1) < k / 2
+        meas.append(cen[ok])
+        src.append(src_all.reshape(-1, 2)[ok])
+        tidx.append(t_all.ravel()[ok])
+        for c in cen[ok][:: max(1, ok.sum() // 16)]:
+            cy, cx = np.rint(c).astype(int)
+            r = radius
+            widths.append(_rms_width(diff[cy - r : cy + r + 1, cx - r : cx + r + 1]))
+    meas_a, src_a, tidx_a = np.concatenate(meas), np.concatenate(src), np.concatenate(tidx)
+    found = len(meas_a) / max(n_expected, 1)
+    if found < 0.7:
+        raise CalibrationError(
+            f"registration: only {found:.0%} of the dots were found; raise exposure, check "
+            "focus, or enlarge the dot pitch if tiles are far from their nominal place"
+        )
+    box = np.ones((dot_px, dot_px))
+    design_w = np.mean([_rms_width(convolve2d(p.sum(0), box)) for p in design.numpy()])
+    width_ratio = float(np.nanmedian(widths) / design_w)
+    if width_ratio > 1.5:
+        raise CalibrationError(
+            f"registration: point images are {width_ratio:.1f}x wider than the design PSFs "
+            "(defocused?); run the focus step first"
+        )
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        return (_model_points(p, tiles, src_a, offsets, tidx_a) - meas_a).ravel()
+
+    sol = least_squares(
+        resid,
+        x0=[1.0, 0.0, 0.0, float(shift[0]), float(shift[1])],
+        x_scale=[1e-3, 1e-3, 1e-3, 0.1, 0.1],
+    )
+    pred = _model_points(sol.x, tiles, src_a, offsets, tidx_a)
+    err = np.linalg.norm(pred - meas_a, axis=1)
+    rms = float(np.sqrt(np.mean(err**2)))
+    per_tile = np.array(
+        [
+            np.sqrt(np.mean(err[tidx_a == j] ** 2)) if (tidx_a == j).any() else np.nan
+            for j in range(tiles.n_kernels)
+        ]
+    )
+    if rms > max_rms_px:
+        raise CalibrationError(
+            f"registration: a similarity transform leaves {rms:.2f} px RMS misfit "
+            f"(> {max_rms_px}); tiles misregistered beyond the search window or the relay "
+            "distorts; check alignment and focus"
+        )
+    scale, rot, irot, ty, tx = (float(v) for v in sol.x)
+    ctx.geometry = Geometry.from_values((ty, tx), rot, scale, (0.0, 0.0), irot)
+    _check_tiles_on_camera(ctx)
+    ctx.composite_offset = (ty, tx)
+    if split_with_edges:
+        ctx.report("registration: tile edges", 0.95)
+        white = ctx.uniform(255)
+        ctx.auto_expose(white, target=0.7)
+        frame = ctx.capture_mean(white, n_frames + 1, "reg-white") - ctx.offset
+        ones = np.ones((1, ctx.channels, *ctx.image_hw))
+        fit_window_offset(ctx, frame[None], ones, design)
+    geom = ctx.geometry
+    return RegistrationResult(
+        residual=rms,
+        n_frames=ctx.frames_captured - n0,
+        seconds=time.perf_counter() - t0,
+        geometry=geom,
+        composite_offset=(ty, tx),
+        per_tile_rms_px=per_tile,
+        measured_yx=meas_a,
+        predicted_yx=pred,
+        tile_index=tidx_a,
+        blob_width_ratio=width_ratio,
+    )
+
+
+def _check_tiles_on_camera(ctx: BenchContext) -> None:
+    """Refuse when a registered tile window reaches past the camera frame: its edge pixels
+    would be measured as dark and every later fit would be biased."""
+    fm = ForwardModel(ctx.tiles, ctx.geometry or Geometry.identity())
+    hh, ww = ctx.tiles.camera_hw
+    for k, (y0, y1, x0, x1) in enumerate(tile_boxes(fm, pad=0)):
+        if y0 <= 0 or x0 <= 0 or y1 >= hh or x1 >= ww:
+            raise CalibrationError(
+                f"registration: tile {k} lands partly outside the camera frame (rows {y0}-{y1}, "
+                f"cols {x0}-{x1} of {hh}x{ww}); re-centre the camera or its ROI on the tiles"
+            )
+
+
+def _integer_shift(measured: np.ndarray, nominal: np.ndarray) -> np.ndarray:
+    """Integer (dy, dx) maximising the circular cross-correlation (FFT)."""
+    a = measured - measured.mean()
+    b = nominal - nominal.mean()
+    xc = np.fft.irfft2(np.fft.rfft2(a) * np.conj(np.fft.rfft2(b)), s=a.shape)
+    iy, ix = np.unravel_index(int(np.argmax(xc)), xc.shape)
+    h, w = a.shape
+    return np.array([iy if iy <= h // 2 else iy - h, ix if ix <= w // 2 else ix - w], float)
+
+
+def geometry_with_split(
+    ctx: BenchContext, camera_offset: tuple[float, float] | np.ndarray
+) -> Geometry:
+    """Geometry whose camera offset is ``camera_offset`` and whose display shift makes up the
+    composite offset measured by the dots (β = (s·R)⁻¹ (t_eff − t))."""
+    if ctx.geometry is None or ctx.composite_offset is None:
+        raise CalibrationError("registration has not been measured; run the registration step")
+    g = ctx.geometry
+    s, th = float(g.scale), float(g.rotation)
+    rs = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+    t = np.asarray(camera_offset, np.float64)
+    beta = np.linalg.solve(s * rs, np.asarray(ctx.composite_offset) - t)
+    return Geometry.from_values(tuple(t), th, s, tuple(beta), float(g.image_rotation))
+
+
+def fit_window_offset(
+    ctx: BenchContext,
+    frames_dn: np.ndarray,
+    images: np.ndarray,
+    psfs: torch.Tensor,
+    *,
+    iterations: int = 8,
+) -> Geometry:
+    """Split the composite offset into camera offset and display shift from tile edges.
+
+    ``frames_dn`` (N, H, W) offset-free frames of ``images`` (N, C, h, w) display intensity,
+    predicted with ``psfs`` (any scale: a brightness per kernel is fitted alongside, so design
+    PSFs will do). The content position (composite offset) stays fixed; moving the camera
+    offset moves only where each tile's window cuts the content, which the edges of bright
+    images reveal; camera rotation and scale are refined too (tile windows pin the relay,
+    dots alone confuse it with per-kernel PSF centroid errors). Gauss–Newton with
+    finite-difference derivatives: a handful of parameters, each step a few model renders.
+    """
+    if ctx.geometry is None or ctx.composite_offset is None:
+        raise CalibrationError("registration has not been measured; run the registration step")
+    g0 = ctx.geometry
+    teff = np.asarray(ctx.composite_offset, np.float64)
+    y = torch.as_tensor(frames_dn, dtype=torch.float64)
+    x = torch.as_tensor(images, dtype=torch.float64)
+    p = psfs.detach().double()
+    n_k = p.shape[0]
+    fm = ForwardModel(ctx.tiles, g0)
+
+    def build(th: np.ndarray) -> Geometry:
+        t, rot, s = th[:2], th[2], float(np.exp(th[3]))
+        rs = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])
+        beta = np.linalg.solve(s * rs, teff - t)
+        return Geometry.from_values(tuple(t), float(rot), s, tuple(beta), float(g0.image_rotation))
+
+    masks = torch.zeros(n_k, 1, *ctx.tiles.camera_hw, dtype=torch.float64)
+
+    def render(th: np.ndarray) -> torch.Tensor:
+        """(K, N, H, W) per-kernel contributions: tiles never overlap, so one render split by
+        the tile boxes gives them all."""
+        fm.set_geometry(build(th))
+        with torch.no_grad():
+            return fm.signal(x, p)[None] * masks
+
+    theta = np.array([*g0.offset.detach().numpy(), float(g0.rotation), np.log(float(g0.scale))])
+    steps = np.array([1e-3, 1e-3, 1e-6, 1e-6])
+    for _ in range(iterations):
+        fm.set_geometry(build(theta))
+        masks.zero_()
+        for j, (y0, y1, x0, x1) in enumerate(tile_boxes(fm, pad=2)):
+            masks[j, 0, y0:y1, x0:x1] = 1.0
+        parts = render(theta)  # (K, N, H, W)
+        flat = parts.reshape(n_k, -1).T  # (M, K): brightness enters linearly
+        amp = torch.linalg.lstsq(flat, y.reshape(-1, 1)).solution[:, 0]
+        r = (flat @ amp - y.reshape(-1)).numpy()
+        cols = []
+        for i, h in enumerate(steps):
+            d = np.zeros(4)
+            d[i] = h
+            diff = (render(theta + d) - render(theta - d)) / (2 * h)
+            cols.append(torch.einsum("k,km->m", amp, diff.reshape(n_k, -1)).numpy())
+        jac = np.concatenate([np.stack(cols, 1), flat.numpy()], axis=1)  # geometry + amplitudes
+        jtj = jac.T @ jac
+        step = -np.linalg.solve(jtj + 1e-9 * np.diag(np.diag(jtj)), jac.T @ r)[:4]
+        big = np.abs(step[:2]).max()
+        if big > 0.5:
+            step *= 0.5 / big
+        theta = theta + step
+        if np.all(np.abs(step) < steps * 2):
+            break
+    geom = build(theta)
+    ctx.geometry = geom
+    return geom

@@ -1,0 +1,71 @@
+"""`onnlab calibrate --device slm0 --sim` writes the artifact, report and summary; bad input is
+one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from calibration.artifact import CalibrationArtifact
+from drivers.registry import default_config_path, load_bench_config
+from onnlab.cli import app, main
+
+
+def test_calibrate_sim_writes_artifact_and_report(tmp_path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["calibrate", "--device", "slm0", "--sim", "--quick", "--out", str(tmp_path), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    run_dirs = list(tmp_path.iterdir())
+    assert len(run_dirs) == 1 and run_dirs[0].name.startswith("calibrate-")
+    names = {p.name for p in run_dirs[0].iterdir()}
+    assert names == {"calibration.h5", "report.png", "summary.json"}
+    assert (run_dirs[0] / "report.png").stat().st_size > 10_000
+    art = CalibrationArtifact.load(
+        summary["artifact"], bench_config=load_bench_config(default_config_path())
+    )
+    assert set(art.meta.steps) == set(summary["steps"])
+    assert summary["steps"]["psf"]["residual"] < 1.5
+
+
+def test_calibrate_partial_rerun_reuses_a_previous_artifact(tmp_path, calibrated) -> None:
+    cfg, _devices, run = calibrated
+    prev = run.artifact.save(tmp_path / "prev.h5")
+    result = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "--sim",
+            "--steps",
+            "dark",
+            "--previous",
+            str(prev),
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    art = CalibrationArtifact.load(json.loads(result.output)["artifact"], bench_config=cfg)
+    assert list(art.meta.steps) == ["dark"]
+    assert art.psfs.tolist() == run.artifact.psfs.tolist()  # PSFs carried over, not defaults
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "dark,teleport"], "--steps"),
+        (["--device", "cam0"], "is not an SLM"),
+        (["--steps", "psf"], "psf step needs the dark, response, registration step(s)"),
+    ],
+)
+def test_bad_requests_are_one_line(args, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--sim", "--no-progress", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
