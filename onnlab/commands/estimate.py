@@ -1,7 +1,215 @@
-"""CLI commands: estimate (placeholder until its issue lands)."""
+"""CLI: `onnlab estimate` — accuracy a frontend design can reach, before fabrication.
+
+The physical constraints (aperture, kernel size, spacing) fix how many kernels fit (Eq. 1);
+kernel regression with the network's NTK predicts the test accuracy of that many random PSFs +
+the readout, and of infinitely many. `--sweep` repeats the estimate over smaller and larger
+apertures so that the designer sees where more kernels stop paying.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
 
 import typer
 
+SWEEP_POINTS = 9
+SWEEP_MAX_SCALE = 4.0
+
+
+def sweep_scales(aperture_mm: tuple[float, float], kernel_mm: float) -> list[float]:
+    """Aperture scale factors from 'one kernel on the short side' to 4x, geometric, plus 1."""
+    low = kernel_mm / min(aperture_mm)
+    ratio = (SWEEP_MAX_SCALE / low) ** (1 / (SWEEP_POINTS - 1))
+    return sorted({*(low * ratio**i for i in range(SWEEP_POINTS)), 1.0})
+
+
+def _check_lengths(aperture_mm: tuple[float, float], kernel_mm: float, spacing_mm: float) -> None:
+    """One-line errors that name the CLI option (the library names the SI parameter)."""
+    lengths = {
+        "--aperture-mm height": aperture_mm[0],
+        "--aperture-mm width": aperture_mm[1],
+        "--kernel-mm": kernel_mm,
+    }
+    for label, value in lengths.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{label} must be a positive length in mm, got {value:g}")
+    if not (math.isfinite(spacing_mm) and spacing_mm >= 0):
+        raise ValueError(f"--spacing-mm must be a non-negative length in mm, got {spacing_mm:g}")
+    if kernel_mm > min(aperture_mm):
+        raise ValueError(
+            f"--kernel-mm {kernel_mm:g} is larger than the aperture --aperture-mm "
+            f"{aperture_mm[0]:g} x {aperture_mm[1]:g}: no kernel fits"
+        )
+
+
+def _splits(task: str, data_root: str | None, seed: int, n_train: int, n_val: int, n_test: int):
+    from onnlab.data import load_dataset
+    from onnlab.estimate.estimator import Split
+
+    out = []
+    for split, limit in (("train", n_train), ("val", n_val), ("test", n_test)):
+        ds = load_dataset(task, split, data_root, seed=seed, limit=limit)
+        out.append(Split(ds.images, ds.targets))
+    return out
+
+
+def _plot_sweep(rows: list[dict], infinite: float, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["n_kernels"] for r in rows]
+    scores = [r["predicted"] for r in rows]
+    areas = [r["aperture_mm"][0] * r["aperture_mm"][1] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, xs, label in ((axes[0], ks, "kernels K"), (axes[1], areas, "aperture area (mm²)")):
+        ax.plot(xs, scores, "o-", label="K random PSFs + readout")
+        ax.axhline(infinite, ls="--", color="k", label="K → ∞ (NTK)")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"predicted test {metric} (%)")
+        ax.grid(alpha=0.3)
+    for r in rows:
+        axes[0].annotate(f"{r['rows']}x{r['cols']}", (r["n_kernels"], r["predicted"]), fontsize=7)
+    axes[0].legend(loc="lower right")
+    fig.suptitle("Predicted accuracy vs frontend size (kernel regression with the NTK)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _sweep(est, make, aperture_mm: tuple[float, float], kernel_mm: float, seed: int) -> list:
+    """Estimate for apertures scaled from one kernel to 4x, one row per distinct kernel count."""
+    import torch
+
+    rows: list[dict] = []
+    for s in sweep_scales(aperture_mm, kernel_mm):
+        ap = (aperture_mm[0] * s, aperture_mm[1] * s)
+        d = make(ap)
+        if any(r["n_kernels"] == d.n_kernels for r in rows):
+            continue
+        a = d.architecture
+        gen = torch.Generator().manual_seed(seed)
+        p = est.predict_psfs(est.prior.sample(d.n_kernels, a.in_channels, a.kernel_px, gen))
+        rows.append(
+            {
+                "aperture_mm": [round(ap[0], 4), round(ap[1], 4)],
+                "rows": d.layout.rows,
+                "cols": d.layout.cols,
+                "n_kernels": d.n_kernels,
+                "predicted": 100 * p.score,
+                "time_s": p.time_s,
+            }
+        )
+    return rows
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add `onnlab estimate` to the root app."""
+
+    @app.command("estimate")
+    def estimate(
+        aperture_mm: tuple[float, float] = typer.Option(..., help="Aperture height width (mm)."),
+        kernel_mm: float = typer.Option(..., help="Side of one kernel's sub-aperture (mm)."),
+        spacing_mm: float = typer.Option(..., help="Minimum edge spacing between kernels (mm)."),
+        task: str = typer.Option("mnist", help="mnist | cifar10 | segmentation"),
+        kernel_px: int = typer.Option(None, help="PSF side in sensor pixels (task default)."),
+        pool: int = typer.Option(None, help="Sensor binning before the readout (task default)."),
+        hidden: list[int] = typer.Option(
+            [], help="Hidden widths (repeat). Default: one FC; segmentation: 1x1 MLP of 64."
+        ),
+        wavelength_nm: list[float] = typer.Option([], help="One per colour channel (repeat)."),
+        sensor_pitch_um: float = typer.Option(3.45, help="Sensor pixel pitch (um)."),
+        n_train: int = typer.Option(1000, help="Training images for the kernel regression."),
+        n_val: int = typer.Option(500, help="Validation images (ridge selection)."),
+        n_test: int = typer.Option(1000, help="Test images (the reported accuracy)."),
+        data_root: str = typer.Option(None, help="Data root (default $ONNLAB_DATA or bundled)."),
+        seed: int = typer.Option(0, help="Seed of the data split and the random PSFs."),
+        sweep: bool = typer.Option(False, help="Also sweep the aperture size; writes a PNG."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """Predict the accuracy of a frontend design (and of infinitely many kernels)."""
+        _check_lengths(aperture_mm, kernel_mm, spacing_mm)
+        for name, value in (("--n-train", n_train), ("--n-val", n_val), ("--n-test", n_test)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        import torch
+
+        from onnlab.estimate.design import design_network
+        from onnlab.estimate.estimator import Estimator
+        from onnlab.runtime import make_run_dir, write_json
+
+        start = time.perf_counter()
+        say = (lambda msg: None) if as_json else typer.echo
+
+        def make(aperture: tuple[float, float]):
+            return design_network(
+                task,
+                (aperture[0] * 1e-3, aperture[1] * 1e-3),
+                kernel_mm * 1e-3,
+                spacing_mm * 1e-3,
+                kernel_px=kernel_px,
+                pool=pool,
+                hidden=tuple(hidden) or None,
+                wavelengths_m=tuple(w * 1e-9 for w in wavelength_nm) or None,
+                sensor_pitch_m=sensor_pitch_um * 1e-6,
+            )
+
+        design = make(aperture_mm)
+        for line in design.describe():
+            say(line)
+        train, val, test = _splits(task, data_root, seed, n_train, n_val, n_test)
+        est = Estimator(design.architecture, train, val, test, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        arch = design.architecture
+        psfs = est.prior.sample(design.n_kernels, arch.in_channels, arch.kernel_px, gen)
+        this = est.predict_psfs(psfs)
+        inf = est.predict_infinite()
+        metric = this.metric
+        say(f"predicted test {metric} (n_train={len(train.images)}, {len(test.images)} test):")
+        say(
+            f"  this design, {design.n_kernels} random PSFs: {100 * this.score:.2f} % "
+            f"({this.time_s:.1f} s)"
+        )
+        say(f"  infinitely many kernels (NTK limit): {100 * inf.score:.2f} % ({inf.time_s:.1f} s)")
+        run_dir = make_run_dir("estimate")
+        summary: dict = {
+            "design": design.as_dict(),
+            "aperture_mm": list(aperture_mm),
+            "kernel_mm": kernel_mm,
+            "spacing_mm": spacing_mm,
+            "metric": metric,
+            "n_train": len(train.images),
+            "n_val": len(val.images),
+            "n_test": len(test.images),
+            "predicted": 100 * this.score,
+            "predicted_infinite": 100 * inf.score,
+            "estimate": this.as_dict(),
+            "estimate_infinite": inf.as_dict(),
+        }
+        if sweep:
+            rows = _sweep(est, make, aperture_mm, kernel_mm, seed)
+            say(f"{'aperture (mm)':>16} {'layout':>9} {'K':>6} {metric + ' %':>11} {'time s':>7}")
+            for r in rows:
+                ap_txt = f"{r['aperture_mm'][0]:.3g} x {r['aperture_mm'][1]:.3g}"
+                say(
+                    f"{ap_txt:>16} {str(r['rows']) + 'x' + str(r['cols']):>9} {r['n_kernels']:>6} "
+                    f"{r['predicted']:>11.2f} {r['time_s']:>7.1f}"
+                )
+            say(f"{'':>16} {'':>9} {'inf':>6} {100 * inf.score:>11.2f} {inf.time_s:>7.1f}")
+            png = run_dir / "sweep.png"
+            _plot_sweep(rows, 100 * inf.score, metric, png)
+            summary["sweep"] = rows
+            summary["sweep_png"] = str(png)
+        summary["total_time_s"] = time.perf_counter() - start
+        summary["run_dir"] = str(run_dir)
+        write_json(run_dir / "estimate.json", summary)
+        say(f"time: {summary['total_time_s']:.1f} s; results in {run_dir}")
+        if as_json:
+            from onnlab.runtime import to_jsonable
+
+            typer.echo(json.dumps(to_jsonable(summary)))

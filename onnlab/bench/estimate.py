@@ -1,0 +1,193 @@
+"""Benchmark: predicted (kernel regression) vs trained accuracy of random-PSF networks.
+
+For each kernel count K: draw K PSFs from the law of `OpticalFrontend`'s initialisation, predict
+the test accuracy of "K random PSFs + one FC layer" by kernel regression with its NTK, then
+train that very network (same PSFs, same n training images, MSE, SGD with early stopping on the
+same validation split) and compare. The K → infinity prediction is reported beside them.
+
+Times are single-threaded (the benchmark machine is shared; one thread avoids oversubscription
+that otherwise dominates timings), both wall and CPU. `speedup_vs_training` divides the training
+time of the network as onnlab trains a hybrid ONN (optics simulated in every step, "in_loop";
+the per-epoch cost is measured over a few epochs and multiplied by the epochs the cached run
+needed) by the estimate time; `speedup_vs_cached_training` uses the cheapest honest training
+(optical features computed once). Both use CPU seconds.
+
+Command line (the full validation): ``python -m onnlab.bench.estimate --task mnist
+--data-root /work/shared/data --n-train 2000 --kernels 8,64,500,1000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from onnlab.estimate.design import TASK_DEFAULTS
+from onnlab.estimate.estimator import Architecture, Estimator, Split
+from onnlab.estimate.reference import train_reference
+
+PAPER_TABLE5 = {
+    "mnist": {8: 96.12, 500: 96.81, 1000: 97.24, "inf": 97.72},
+    "cifar10": {8: 36.73, 500: 49.32, 1000: 56.23, "inf": 67.33},
+}
+
+
+def _split(task: str, split: str, data_root: str | None, limit: int, seed: int) -> Split:
+    from onnlab.data import load_dataset
+
+    ds = load_dataset(task, split, data_root, seed=seed, limit=limit)
+    return Split(ds.images, ds.targets)
+
+
+def validate(
+    task: str = "mnist",
+    *,
+    data_root: str | None = None,
+    n_train: int = 1000,
+    n_val: int = 500,
+    n_test: int = 1000,
+    kernels: tuple[int, ...] = (8, 64),
+    seed: int = 0,
+    in_loop_epochs: int = 2,
+    ce: bool = False,
+    log=print,
+) -> dict:
+    """Predicted vs trained accuracy for each K, and the K → infinity prediction."""
+    d = TASK_DEFAULTS[task]
+    if d["kind"] != "classification":
+        raise ValueError(f"task must be a classification task, got {task!r}")
+    arch = Architecture(
+        "classification",
+        d["in_channels"],
+        d["image_hw"],
+        d["n_outputs"],
+        d["kernel_px"],
+        pool=d["pool"],
+    )
+    train = _split(task, "train", data_root, n_train, seed)
+    val = _split(task, "val", data_root, n_val, seed)
+    test = _split(task, "test", data_root, n_test, seed)
+    est = Estimator(arch, train, val, test, seed=seed)
+    c0 = time.process_time()
+    inf = est.predict_infinite()
+    inf_cpu = time.process_time() - c0
+    log(f"[estimate] {task} n={n_train}: K=inf predicted {100 * inf.score:.2f}% ({inf_cpu:.1f} s)")
+    rows = []
+    for k in kernels:
+        gen = torch.Generator().manual_seed(seed * 100_003 + k)
+        psfs = est.prior.sample(k, arch.in_channels, arch.kernel_px, gen)
+        c0 = time.process_time()
+        pred = est.predict_psfs(psfs)
+        pred_cpu = time.process_time() - c0 + est.setup_s
+        ref = train_reference(task, arch, psfs, train, val, test, seed=seed)
+        loop = train_reference(
+            task,
+            arch,
+            psfs,
+            train,
+            val,
+            test,
+            seed=seed,
+            features="in_loop",
+            epochs=in_loop_epochs,
+            patience=in_loop_epochs + 1,
+        )
+        per_epoch = (loop.cpu_s - loop.setup_cpu_s) / max(loop.epochs_run, 1)
+        loop_cpu = loop.setup_cpu_s + per_epoch * ref.epochs_run
+        row = {
+            "n_kernels": k,
+            "predicted": 100 * pred.score,
+            "trained": 100 * ref.score,
+            "abs_error_points": abs(100 * (pred.score - ref.score)),
+            "lambda_rel": pred.lambda_rel,
+            "estimate_wall_s": pred.time_s,
+            "estimate_cpu_s": pred_cpu,
+            "train_cached_wall_s": ref.time_s,
+            "train_cached_cpu_s": ref.cpu_s,
+            "train_in_loop_cpu_s": loop_cpu,
+            "train_epochs": ref.epochs_run,
+            "best_epoch": ref.best_epoch,
+            "speedup_vs_training": loop_cpu / max(pred_cpu, 1e-9),
+            "speedup_vs_cached_training": ref.cpu_s / max(pred_cpu, 1e-9),
+        }
+        if ce:
+            row["trained_ce"] = (
+                100
+                * train_reference(
+                    task, arch, psfs, train, val, test, seed=seed, loss="ce", optimizer="adam"
+                ).score
+            )
+        rows.append(row)
+        log(
+            f"[estimate] K={k}: predicted {row['predicted']:.2f}% trained {row['trained']:.2f}% "
+            f"| estimate {pred_cpu:.2f} s, training {ref.cpu_s:.2f} s cached / "
+            f"{loop_cpu:.1f} s in-loop (CPU)"
+        )
+    return {
+        "task": task,
+        "n_train": len(train.images),
+        "n_val": len(val.images),
+        "n_test": len(test.images),
+        "architecture": {
+            "kernel_px": arch.kernel_px,
+            "pool": arch.pool,
+            "readout": "one FC layer",
+            "psfs": "random, frozen",
+            "normalise": arch.normalise,
+        },
+        "predicted_infinite": 100 * inf.score,
+        "infinite_estimate_cpu_s": inf_cpu + est.setup_s,
+        "per_k": rows,
+        "max_abs_error_points": max(r["abs_error_points"] for r in rows),
+        "speedup_vs_training": min(r["speedup_vs_training"] for r in rows),
+        "speedup_vs_cached_training": min(r["speedup_vs_cached_training"] for r in rows),
+        "paper_table5": PAPER_TABLE5.get(task, {}),
+        "timing": "CPU seconds, torch single-threaded",
+    }
+
+
+def run(quick: bool = False, seed: int = 0) -> dict:
+    """Small configuration on the bundled MNIST sample (quick: tiny)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if quick:
+            return validate(
+                n_train=200, n_val=100, n_test=200, kernels=(8,), seed=seed, in_loop_epochs=1
+            )
+        return validate(n_train=1000, n_val=500, n_test=1000, kernels=(8, 64, 256), seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Full validation from the command line; prints the JSON result last."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="mnist", choices=["mnist", "cifar10"])
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-val", type=int, default=1000)
+    ap.add_argument("--n-test", type=int, default=2000)
+    ap.add_argument("--kernels", default="8,64,500")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ce", action="store_true", help="also train with cross-entropy (Adam)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = validate(
+        args.task,
+        data_root=args.data_root,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        kernels=tuple(int(k) for k in args.kernels.split(",")),
+        seed=args.seed,
+        ce=args.ce,
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

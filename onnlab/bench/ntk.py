@@ -1,0 +1,285 @@
+"""`onnlab bench ntk`: NTK estimator accuracy and the cost of an NTKD step relative to KD.
+
+What it measures, in one process, batch 128:
+
+1. Accuracy (MNIST system): relative Frobenius error ||G_est - G_exact|| / ||G_exact|| of every
+   estimator, for the student (48.8 k parameters) and the LeNet teacher (431 k), on real MNIST
+   images; both on the raw Gram and on the centred Gram (what the default CKA loss sees).
+   Student reference: the vmap/jacrev oracle; teacher reference: the structured exact Gram,
+   itself checked against the oracle on 16 samples.  Sketch errors are means over 3 draws.
+   ``sketch_rel_error`` is the headline: the default TEACHER estimator vs exact, raw Gram.
+2. Time (MNIST + LeNet, CIFAR-10 + CifarNet): one training step (forward, backward, AdamW
+   step; same batch; warm-up, then interleaved repeats, median) with the default
+   ``NTKDObjective`` divided by one with the KD baseline ``KDLoss``; also the full-batch exact
+   variant and (MNIST only: it needs B x C x P memory) the naive reference -- student Gram by
+   vmap(jacrev) + double backward on the whole batch, teacher as in the default.
+3. Peak memory of each step: CUDA ``max_memory_allocated``; on CPU the peak resident-set growth
+   sampled every millisecond after returning freed memory to the OS (``malloc_trim``).
+
+Timings are ratios taken in the same process with KD and NTKD steps interleaved, because the
+CPU is shared and absolute times drift.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from onnlab.distill.losses import centre_gram
+from onnlab.distill.ntk import ntk_gram
+from onnlab.distill.objective import NTKDObjective
+from onnlab.runtime import default_device
+
+BATCH = 128
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _errors(gram: Tensor, ref: Tensor) -> dict[str, float]:
+    return {"raw": _rel(gram, ref), "centred": _rel(centre_gram(gram), centre_gram(ref))}
+
+
+def _data_root() -> Path | None:
+    """$ONNLAB_DATA, else the shared data folder next to the repository (as the tests use)."""
+    from onnlab.data.paths import resolve_data_root
+
+    root = resolve_data_root(None)
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return root if root is not None else (shared if shared.is_dir() else None)
+
+
+def _images(task: str, seed: int) -> tuple[Tensor, Tensor, str]:
+    """A batch of real images when available, else seeded uniform noise (stated in the JSON)."""
+    from onnlab.data import load_dataset
+
+    try:
+        if task == "mnist":
+            data = load_dataset("mnist", "train")
+        else:
+            data = load_dataset(task, "train", _data_root(), limit=4 * BATCH)
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(data), generator=gen)[:BATCH]
+        return data.images[idx], data.targets[idx], f"{task} train images"
+    except Exception as exc:  # noqa: BLE001 - any data problem: fall back, but say so
+        shape = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}[task]
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.rand(BATCH, *shape, generator=gen)
+        y = torch.randint(0, 10, (BATCH,), generator=gen)
+        return x, y, f"uniform noise ({type(exc).__name__}: {exc})"
+
+
+def _accuracy(quick: bool, seed: int) -> dict[str, Any]:
+    from onnlab.models.zoo import build_student, build_teacher
+
+    torch.manual_seed(seed)
+    x, _, source = _images("mnist", seed)
+    student, teacher = build_student("mnist"), build_teacher("mnist")
+    student.initialise(x)
+    teacher_weights = f"random init (seed {seed}); no registered teacher"
+    try:  # sketch errors depend on training: use the registered teacher when there is one
+        from onnlab.training.checkpoint import load_checkpoint
+        from onnlab.training.runner import registered_teacher_path
+
+        path = registered_teacher_path("mnist")
+        if path.is_file():
+            teacher = load_checkpoint(path)[0]
+            teacher_weights = f"trained: {path}"
+    except Exception as exc:  # noqa: BLE001 - fall back to the seeded init, and say why
+        teacher_weights = f"random init (seed {seed}); registered teacher unusable: {exc}"
+    teacher.eval()
+    t_params = list(teacher.parameters())
+    draws = 1 if quick else 3
+    out: dict[str, Any] = {
+        "data": source,
+        "batch": BATCH,
+        "draws": draws,
+        "teacher_weights": teacher_weights,
+    }
+
+    def sketch(model: nn.Module, params: Any, ref: Tensor, est: str, size: int) -> dict:
+        errs = [
+            _errors(
+                ntk_gram(
+                    model,
+                    x,
+                    estimator=est,
+                    size=size,
+                    params=params,
+                    generator=torch.Generator().manual_seed(seed + d),
+                ),
+                ref,
+            )
+            for d in range(draws)
+        ]
+        return {k: statistics.fmean(e[k] for e in errs) for k in ("raw", "centred")}
+
+    ref_s = ntk_gram(student, x, estimator="jacobian", chunk_size=32)
+    student_errs = {"exact": _errors(ntk_gram(student, x), ref_s)}
+    for est, size in [("output", 1), ("output", 2), ("output", 5), ("jvp", 64)]:
+        student_errs[f"{est}-{size}"] = sketch(student, None, ref_s, est, size)
+    out["student"] = {"reference": "jacobian (vmap/jacrev oracle)", "errors": student_errs}
+
+    ref_t = ntk_gram(teacher, x, params=t_params)
+    small = ntk_gram(teacher, x[:16], estimator="jacobian", params=t_params)
+    teacher_errs = {"exact_vs_jacobian_16": _errors(ref_t[:16, :16], small)}
+    sizes = (
+        [("output", 1), ("output", 2), ("jvp", 32)]
+        if quick
+        else [("output", 1), ("output", 2), ("output", 5), ("jvp", 32), ("jvp", 128)]
+    )
+    for est, size in sizes:
+        teacher_errs[f"{est}-{size}"] = sketch(teacher, t_params, ref_t, est, size)
+    out["teacher"] = {"reference": "exact (structured)", "errors": teacher_errs}
+    default = NTKDObjective.__init__.__kwdefaults__
+    key = f"{default['teacher_estimator']}-{default['teacher_size']}"
+    out["default_teacher_estimator"] = key
+    out["sketch_rel_error"] = teacher_errs[key]["raw"]
+    out["sketch_rel_error_centred"] = teacher_errs[key]["centred"]
+    return out
+
+
+class _PeakRSS:
+    """Peak resident-set growth of this process while the block runs (1 ms sampling)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def __enter__(self) -> _PeakRSS:
+        with contextlib.suppress(OSError):  # not glibc: the baseline just includes free pages
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.base = self._rss()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss() - self.base)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss() - self.base)
+
+
+def _peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:
+        with _PeakRSS() as probe:
+            step()
+        return probe.peak / 2**20
+    except OSError:  # no /proc: not measurable here
+        return float("nan")
+
+
+def _timing(task: str, quick: bool, seed: int) -> dict[str, Any]:
+    from onnlab.models.zoo import build_student, build_teacher
+    from onnlab.training.losses import KDLoss
+
+    device = default_device()
+    torch.manual_seed(seed)
+    x, y, source = _images(task, seed)
+    student, teacher = build_student(task).to(device), build_teacher(task).to(device)
+    x, y = x.to(device), y.to(device)
+    student.initialise(x)
+    student.train()
+    batch = {"x": x, "y": y}
+    optimiser = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    losses: dict[str, Any] = {
+        "kd": KDLoss(teacher, task),
+        "ntkd": NTKDObjective(teacher, task, seed=seed),
+        "ntkd_full_batch": NTKDObjective(teacher, task, seed=seed, ntk_batch=None),
+    }
+    if not quick and task == "mnist":  # CIFAR: B x C x P per-sample Jacobians would need ~9 GB
+        losses["naive"] = NTKDObjective(
+            teacher, task, seed=seed, estimator="jacobian", ntk_batch=None
+        )
+
+    def step(name: str) -> Callable[[], None]:
+        def run() -> None:
+            optimiser.zero_grad(set_to_none=True)
+            value, _ = losses[name](student, batch)
+            value.backward()
+            optimiser.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return run
+
+    repeats = 3 if quick else 7
+    times: dict[str, list[float]] = {name: [] for name in losses}
+    for name in losses:  # warm-up (lazy init, allocator, first-call dispatch)
+        step(name)()
+    for r in range(repeats):
+        for name in losses:
+            if name == "naive" and r >= 3:
+                continue  # seconds per step: three repeats are enough for a reference
+            t0 = time.perf_counter()
+            step(name)()
+            times[name].append(time.perf_counter() - t0)
+    median = {name: statistics.median(v) for name, v in times.items()}
+    memory = {name: _peak_memory_mb(step(name), device) for name in losses}
+    out: dict[str, Any] = {
+        "data": source,
+        "batch": BATCH,
+        "device": str(device),
+        "step_s": median,
+        "peak_memory_mb": memory,
+        "ratio_over_kd": {n: median[n] / median["kd"] for n in losses if n != "kd"},
+        "ntkd_defaults": {
+            k: getattr(losses["ntkd"], k)
+            for k in ("estimator", "teacher_estimator", "teacher_size", "ntk_batch", "beta")
+        },
+    }
+    return out
+
+
+def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Estimator errors (MNIST) and NTKD/KD step-time ratios (MNIST, CIFAR-10); see module doc."""
+    t0 = time.perf_counter()
+    accuracy = _accuracy(quick, seed)
+    mnist = _timing("mnist", quick, seed)
+    cifar = _timing("cifar10", quick, seed)
+    return {
+        "ntkd_over_kd_step_time": mnist["ratio_over_kd"]["ntkd"],
+        "ntkd_over_kd_step_time_cifar10": cifar["ratio_over_kd"]["ntkd"],
+        "sketch_rel_error": accuracy["sketch_rel_error"],
+        "sketch_rel_error_means": (
+            "relative Frobenius error of the default teacher estimator "
+            f"({accuracy['default_teacher_estimator']}) vs the exact teacher Gram, LeNet on "
+            f"{BATCH} MNIST images, raw Gram (centred: sketch_rel_error_centred)"
+        ),
+        "sketch_rel_error_centred": accuracy["sketch_rel_error_centred"],
+        "naive_over_kd_step_time": mnist["ratio_over_kd"].get("naive"),
+        "full_batch_ntkd_over_kd_step_time": mnist["ratio_over_kd"]["ntkd_full_batch"],
+        "accuracy": accuracy,
+        "timing": {"mnist": mnist, "cifar10": cifar},
+        "torch_threads": torch.get_num_threads(),
+        "quick": quick,
+        "seed": seed,
+        "wall_s": time.perf_counter() - t0,
+    }

@@ -1,0 +1,180 @@
+"""Parameters that act through a computed dense weight: the optical frontend's PSFs.
+
+A frontend computes its PSF stack from raw parameters (softmax, transmission, flip) and applies
+it with one ``conv2d``.  Recording those calls (a ``TorchFunctionMode`` active during the
+module's forward) lets the dense-layer rule give per-sample gradients w.r.t. the *computed*
+weight; one vmapped VJP of "parameters -> weights" pulls them back to the raw parameters.  This
+is only done after checking on the autograd graph that the parameters reach the module output
+through those weights alone; otherwise the caller falls back to a vmapped VJP of the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, vjp, vmap
+from torch.overrides import TorchFunctionMode
+
+from onnlab.distill.dense import conv_per_sample, dense_inputs, use_grouped
+
+if TYPE_CHECKING:
+    from onnlab.distill.structured import _Owner
+
+DENSE_OPS = {torch.conv2d: "conv2d", F.linear: "linear"}
+
+
+@dataclass
+class Call:
+    """A conv2d/linear call made inside a generic owner's forward."""
+
+    kind: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Tensor
+
+
+class DenseCalls(TorchFunctionMode):
+    """Records conv2d/linear calls made while a generic owner's forward runs."""
+
+    def __init__(self, sink: list[Call]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        kind = DENSE_OPS.get(func)
+        if kind is not None and isinstance(out, Tensor):
+            self.sink.append(Call(kind, args, kwargs, out))
+        return out
+
+
+def _graph_reaches(root: Tensor, targets: set[Any], stops: set[Any]) -> bool:
+    """Does ``root``'s autograd graph reach a node in ``targets`` without passing ``stops``?"""
+    seen, todo = set(), [root.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        if node in targets:
+            return True
+        todo.extend(nxt for nxt, _ in node.next_functions)
+    return False
+
+
+def _accumulators(tensors: list[Tensor]) -> set[Any]:
+    """The autograd nodes standing for parameter tensors (AccumulateGrad or their grad_fn)."""
+    nodes = set()
+    for t in tensors:
+        nodes.add(t.grad_fn if t.grad_fn is not None else t.view_as(t).grad_fn.next_functions[0][0])
+    return nodes
+
+
+def lifted_calls(owner: _Owner, params: list[Tensor]) -> list[Call] | None:
+    """The intercepted dense calls through which alone the owner's parameters act, or None."""
+    leaves = _accumulators(params)
+    calls = [
+        c
+        for c in owner.inner
+        if isinstance(c.args[1], Tensor) and _graph_reaches(c.args[1], leaves, set())
+    ]
+    if not calls or owner.output is None:
+        return None
+    inputs = {a.grad_fn for a in owner.args if isinstance(a, Tensor) and a.grad_fn is not None}
+    for c in calls:
+        bias = c.args[2] if len(c.args) > 2 else c.kwargs.get("bias")
+        if bias is not None and _graph_reaches(bias, leaves, inputs):
+            return None  # parameter-dependent bias: keep the generic path
+        if _graph_reaches(c.args[0], leaves, inputs):
+            return None  # parameters also act on the call's input
+    stops = inputs | {c.args[1].grad_fn for c in calls}
+    if _graph_reaches(owner.output, leaves, stops):
+        return None  # parameters reach the output by another route
+    return calls
+
+
+class _WeightsOnly(TorchFunctionMode):
+    """Re-runs a forward, collecting dense-call weights and returning zeros for the calls.
+
+    Why: it turns "the weights this module computes from its parameters" into a function the
+    torch.func transforms can differentiate (autograd's batched VJP has no batching rule for
+    softmax backward and loops over rows), at the price of the cheap parameter math only.
+    """
+
+    def __init__(self, sink: list[Tensor], shapes: list[torch.Size]) -> None:
+        super().__init__()
+        self.sink, self.shapes = sink, shapes
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func not in DENSE_OPS or len(self.sink) >= len(self.shapes):
+            return func(*args, **kwargs)
+        shape = self.shapes[len(self.sink)]
+        self.sink.append(args[1])
+        return args[1].new_zeros(shape)
+
+
+def _conv_options(call: Call) -> dict[str, Any]:
+    names, defaults = ("stride", "padding", "dilation", "groups"), (1, 0, 1, 1)
+    return {
+        n: (call.args[3 + i] if len(call.args) > 3 + i else call.kwargs.get(n, d))
+        for i, (n, d) in enumerate(zip(names, defaults, strict=True))
+    }
+
+
+def lifted_jacobian(
+    owner: _Owner,
+    calls: list[Call],
+    grads: list[Tensor | None],
+    primals: dict[str, Tensor],
+    B: int,
+    budget: int,
+) -> Tensor:
+    """Per-sample rows (M, B, P) for parameters acting through intercepted dense weights."""
+    M = next(g for g in grads if g is not None).shape[0]
+    rows = []
+    for call, G in zip(calls, grads, strict=True):
+        weight = call.args[1]
+        if G is None:
+            rows.append(weight.new_zeros(M * B, *weight.shape))
+            continue
+        if call.kind == "conv2d" and use_grouped(M, call.args[0].shape[1]):
+            jw = conv_per_sample(call.args[0], G, weight.shape, _conv_options(call))
+            rows.append(jw.reshape(M * B, *weight.shape))
+            continue
+        if call.kind == "conv2d":
+            A = dense_inputs("conv2d", call.args[0], weight, _conv_options(call))
+            Gd = G.flatten(3)  # (M, B, O, T)
+        else:
+            A = dense_inputs("linear", call.args[0], weight, {})
+            Gd = G.reshape(M, B, A.shape[1], -1).transpose(2, 3)
+        rows.append(torch.einsum("mbot,btk->mbok", Gd, A).reshape(M * B, *weight.shape))
+
+    index = {id(c.output) for c in calls}
+    keep = [i for i, c in enumerate(owner.inner) if id(c.output) in index]
+    shapes = [torch.Size((1, *c.output.shape[1:])) for c in owner.inner[: keep[-1] + 1]]
+    args = tuple(
+        a[:1] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == B else a
+        for a in owner.args
+    )
+    params = {local: primals[full] for local, full in owner.names.items()}
+
+    def weights_of(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        sink: list[Tensor] = []
+        with _WeightsOnly(sink, shapes):
+            functional_call(owner.module, p, args, owner.kwargs)
+        return tuple(sink[i] for i in keep)
+
+    _, pullback = vjp(weights_of, params)
+    n_params = sum(p.numel() for p in params.values())
+    step = max(1, budget // max(1, n_params + sum(r[0].numel() for r in rows)))
+    chunks = []
+    for r0 in range(0, M * B, step):
+        pulled = vmap(pullback)(tuple(r[r0 : r0 + step] for r in rows))[0]
+        chunks.append(torch.cat([pulled[k].flatten(1) for k in params], dim=1))
+    return torch.cat(chunks).view(M, B, -1)

@@ -1,0 +1,212 @@
+"""Image patches under the optics, their statistics, and chunked optical Gram matrices.
+
+The optical feature of PSF p at sensor position s is ``p . P_s(x)`` where ``P_s(x)`` is the
+(C, k, k) neighbourhood of s, mirrored (incoherent imaging is a TRUE convolution). Sensor
+binning averages positions, so the binned feature of cell t is ``p . Pbar_t(x)`` with
+``Pbar_t`` the mean patch over the cell. ActNorm then subtracts ``p . abar`` (abar = mean
+binned patch over the training set) and divides by ``sqrt(p^T S p)`` (S = their covariance).
+
+Every kernel of the estimator is therefore ``(1/T) sum_t U_t(x)^T M U_t(x')`` with
+``U_t = Pbar_t - abar``. Factoring ``M = L L^T`` (r <= C k^2 columns, "eigen-PSFs") turns
+it into an ordinary inner product of r * T features per image, which is computed here in
+chunks (images and eigen-PSFs) so that thousands of images fit in a few hundred MB, in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_BUDGET_BYTES = 1 << 27  # 128 MiB per working block
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Shape of the optical layer and binning: what one feature sees and how many cells."""
+
+    in_channels: int
+    image_hw: tuple[int, int]
+    kernel_px: int
+    pool: int = 1
+
+    def __post_init__(self) -> None:
+        h, w = self.image_hw
+        if self.kernel_px < 1:
+            raise ValueError(f"kernel_px must be >= 1, got {self.kernel_px}")
+        if self.pool < 1 or h % self.pool or w % self.pool:
+            raise ValueError(
+                f"pool must be >= 1 and divide image_hw {self.image_hw}, got {self.pool}"
+            )
+
+    @property
+    def n_psf(self) -> int:
+        """Entries of one PSF, C * k * k (the size of M)."""
+        return self.in_channels * self.kernel_px**2
+
+    @property
+    def cells_hw(self) -> tuple[int, int]:
+        """Binned feature-map size per kernel."""
+        return self.image_hw[0] // self.pool, self.image_hw[1] // self.pool
+
+    @property
+    def n_cells(self) -> int:
+        """T, binned sensor cells per kernel."""
+        return self.cells_hw[0] * self.cells_hw[1]
+
+    def chunk_images(self, per_image_values: int, budget: int = DEFAULT_BUDGET_BYTES) -> int:
+        """Images per chunk so that a float64 block of `per_image_values` fits the budget."""
+        return max(1, budget // (8 * max(1, per_image_values)))
+
+
+def binned_patches(x: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:
+    """(B, C, H, W) → (B, C*k*k, T) float64: ``Pbar_t(x)`` in PSF index order.
+
+    Index order equals ``psfs.flatten(1)`` so that ``psf.flatten() @ result`` is the binned
+    output of ``optical_conv2d`` (tested against it, even kernels included).
+    """
+    k, b = geom.kernel_px, geom.pool
+    before, after = k - 1 - k // 2, k // 2  # 'same' padding of onnlab.optics.convolution
+    x = F.pad(x.to(torch.float64), (before, after, before, after))
+    # Binning first: the mean over a cell of shifted pixels is a stride-1 box average sampled
+    # every `pool` pixels, so the patch tensor is pool^2 times smaller than unbinned patches.
+    # (Tensor.unfold + copy; F.unfold's im2col is ~10x slower on CPU for these shapes.)
+    if b > 1:
+        x = F.avg_pool2d(x, b, stride=1)
+    win = x.unfold(2, k, b).unfold(3, k, b)  # (B, C, Ty, Tx, k, k)
+    win = win.flip(-2, -1).permute(0, 1, 4, 5, 2, 3)
+    return win.reshape(x.shape[0], geom.n_psf, geom.n_cells)
+
+
+def patch_statistics(
+    images: torch.Tensor, geom: PatchGeometry, budget: int = DEFAULT_BUDGET_BYTES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(abar (n,), S (n, n)): mean and unbiased covariance of binned patches over images × cells.
+
+    With these, any PSF's ActNorm statistics are ``mean = p . abar`` and
+    ``std^2 = p^T S p`` — exactly what `ActNorm.initialise` computes on the training features.
+    """
+    n = geom.n_psf
+    total = torch.zeros(n, dtype=torch.float64)
+    outer = torch.zeros(n, n, dtype=torch.float64)
+    count = 0
+    step = geom.chunk_images(n * geom.image_hw[0] * geom.image_hw[1], budget)
+    for i in range(0, images.shape[0], step):
+        u = binned_patches(images[i : i + step], geom).transpose(1, 2).reshape(-1, n)
+        total += u.sum(0)
+        outer += u.T @ u
+        count += u.shape[0]
+    mean = total / count
+    scatter = (outer - count * torch.outer(mean, mean)) / max(count - 1, 1)
+    return mean, 0.5 * (scatter + scatter.T)
+
+
+def _features(
+    x: torch.Tensor, geom: PatchGeometry, factor: torch.Tensor, centre: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, T * r) features whose inner products give the optical kernel (1/T normalised)."""
+    u = binned_patches(x, geom)
+    if centre is not None:
+        u = u - centre[None, :, None]
+    phi = torch.einsum("bnt,nr->btr", u, factor)
+    return phi.reshape(phi.shape[0], -1) / geom.n_cells**0.5
+
+
+@dataclass
+class GramBlocks:
+    """Optical kernel K0 on the training set and between each other set and the training set.
+
+    `diag_*` are K0(x, x) (needed by nonlinear backend layers).
+    """
+
+    train: torch.Tensor
+    cross: list[torch.Tensor]
+    diag_train: torch.Tensor
+    diag_cross: list[torch.Tensor]
+
+
+def optical_gram(
+    train_images: torch.Tensor,
+    other_images: Sequence[torch.Tensor],
+    factor: torch.Tensor,
+    geom: PatchGeometry,
+    centre: torch.Tensor | None,
+    budget: int = DEFAULT_BUDGET_BYTES,
+) -> GramBlocks:
+    """K0(x, x') = (1/T) sum_t U_t(x)^T L L^T U_t(x') for train×train and other×train.
+
+    Chunked over eigen-PSFs (so the training features of one chunk fit `budget`) and over
+    images; accumulated in float64.
+    """
+    n_train, r = train_images.shape[0], factor.shape[1]
+    t = geom.n_cells
+    r_step = max(1, min(r, budget // (8 * t * max(1, n_train))))
+    patch_vals = geom.n_psf * geom.image_hw[0] * geom.image_hw[1]
+    img_step = geom.chunk_images(max(patch_vals, t * r_step), budget)
+    gram = torch.zeros(n_train, n_train, dtype=torch.float64)
+    diag = torch.zeros(n_train, dtype=torch.float64)
+    cross = [torch.zeros(o.shape[0], n_train, dtype=torch.float64) for o in other_images]
+    dcross = [torch.zeros(o.shape[0], dtype=torch.float64) for o in other_images]
+    for j in range(0, r, r_step):
+        fac = factor[:, j : j + r_step]
+        ftrain = torch.cat(
+            [
+                _features(train_images[i : i + img_step], geom, fac, centre)
+                for i in range(0, n_train, img_step)
+            ]
+        )
+        gram += ftrain @ ftrain.T
+        diag += ftrain.square().sum(1)
+        for images, block, dblock in zip(other_images, cross, dcross, strict=True):
+            for i in range(0, images.shape[0], img_step):
+                f = _features(images[i : i + img_step], geom, fac, centre)
+                block[i : i + img_step] += f @ ftrain.T
+                dblock[i : i + img_step] += f.square().sum(1)
+        del ftrain
+    return GramBlocks(0.5 * (gram + gram.T), cross, diag, dcross)
+
+
+def input_metric(
+    factor: torch.Tensor,
+    geom: PatchGeometry,
+    centre: torch.Tensor | None,
+    budget: int = DEFAULT_BUDGET_BYTES,
+) -> torch.Tensor:
+    """A (D + 1, D + 1) with ``K0(x, x') = [x, 1]^T A [x', 1]`` (D = C * H * W pixels).
+
+    The optics and binning are linear in the image and ActNorm is affine, so the optical
+    kernel is a quadratic form of the pixels: its rank never exceeds D + 1 whatever K is. When
+    D + 1 < n this makes a primal solve in pixel space cheaper than the n x n dual one.
+    Built column block by column block from the features of the D basis images.
+    """
+    c, (h, w) = geom.in_channels, geom.image_hw
+    d, r, t = c * h * w, factor.shape[1], geom.n_cells
+    r_step = max(1, min(r, budget // (8 * t * (d + 1))))
+    metric = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+    img_step = geom.chunk_images(max(geom.n_psf * h * w, t * r_step), budget)
+    zero = torch.zeros(1, c, h, w, dtype=torch.float64)
+    for j in range(0, r, r_step):
+        fac = factor[:, j : j + r_step]
+        offset = _features(zero, geom, fac, centre)  # f(0): the affine part
+        rows = []
+        for i in range(0, d, img_step):
+            basis = torch.zeros(min(img_step, d - i), d, dtype=torch.float64)
+            basis[:, i : i + img_step] = torch.eye(basis.shape[0], dtype=torch.float64)
+            rows.append(_features(basis.view(-1, c, h, w), geom, fac, centre) - offset)
+        block = torch.cat([*rows, offset])
+        metric += block @ block.T
+    return 0.5 * (metric + metric.T)
+
+
+def pixel_features(
+    images: torch.Tensor, geom: PatchGeometry, factor: torch.Tensor, centre: torch.Tensor | None
+) -> torch.Tensor:
+    """(B * H * W, r) per-pixel features L^T U_s(x) for a pixelwise readout (no binning)."""
+    if geom.pool != 1:
+        raise ValueError(f"pixel features need pool=1, got {geom.pool}")
+    u = binned_patches(images, geom)
+    if centre is not None:
+        u = u - centre[None, :, None]
+    return torch.einsum("bnt,nr->btr", u, factor).reshape(-1, factor.shape[1])

@@ -1,0 +1,117 @@
+"""Teacher and student for a fine-tuning experiment: load a checkpoint, reuse a cache, or train.
+
+Why a cache: the demo's run dir holds `teacher/model.pt` and `student/model.pt`, so rerunning
+with `--run-dir` (e.g. after a Ctrl-C, or to try other fabrication seeds) skips straight to the
+bench. The training loop itself resumes an interrupted stage from its `state.pt`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from onnlab.errors import CheckpointError
+from onnlab.finetune.config import ExperimentConfig, train_config
+
+
+def _load(path: Path, task: str, role: str) -> tuple[nn.Module, dict[str, Any]]:
+    from onnlab.training.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    if meta.get("task") != task or meta.get("role") != role:
+        raise CheckpointError(
+            f"{path} is a {meta.get('task')} {meta.get('role')}, expected a {task} {role}"
+        )
+    return model, meta
+
+
+def ntkd_available() -> bool:
+    """NTKD needs `onnlab.distill.objective`; without it students fall back to KD."""
+    try:
+        from onnlab.distill.objective import NTKDObjective  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def get_teacher(
+    cfg: ExperimentConfig,
+    data: dict[str, Any],
+    run_dir: Path,
+    *,
+    checkpoint: str | Path | None,
+    seed: int,
+    progress: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher from `checkpoint`, from `run_dir/teacher/model.pt`, or freshly trained."""
+    from onnlab.models.zoo import build_teacher
+    from onnlab.runtime import seed_everything
+    from onnlab.training.loop import train
+    from onnlab.training.losses import TaskLoss
+
+    task = cfg.task
+    if checkpoint is not None:
+        model, _ = _load(Path(checkpoint), task, "teacher")
+        return model.eval(), {"source": str(checkpoint)}
+    cached = run_dir / "teacher" / "model.pt"
+    if cached.is_file():
+        model, _ = _load(cached, task, "teacher")
+        return model.eval(), {"source": f"cache {cached}"}
+    config = train_config(task, "teacher", cfg.teacher.train, str(cfg.source), seed=seed)
+    config = config.model_copy(update={"progress": progress})
+    seed_everything(seed)
+    model = build_teacher(task)
+    history = train(model, data["train"], data["val"], config, TaskLoss(task), run_dir / "teacher")
+    return model.eval(), {"source": "trained", "train_time_s": history["train_time_s"]}
+
+
+def get_student(
+    cfg: ExperimentConfig,
+    data: dict[str, Any],
+    teacher: nn.Module,
+    run_dir: Path,
+    *,
+    checkpoint: str | Path | None,
+    seed: int,
+    progress: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The simulation-trained hybrid ONN; NTKD if configured and available, else KD."""
+    from onnlab.models.zoo import build_student
+    from onnlab.runtime import seed_everything
+    from onnlab.training.loop import train
+    from onnlab.training.losses import make_loss
+
+    task = cfg.task
+    if checkpoint is not None:
+        model, meta = _load(Path(checkpoint), task, "student")
+        return model.eval(), {"source": str(checkpoint), "method": meta.get("method", "?")}
+    cached = run_dir / "student" / "model.pt"
+    if cached.is_file():
+        model, meta = _load(cached, task, "student")
+        return model.eval(), {"source": f"cache {cached}", "method": meta.get("method", "?")}
+    method, note = cfg.student.method, ""
+    if method == "ntkd" and not ntkd_available():
+        method, note = "kd", "NTKD unavailable (onnlab.distill.objective missing): used KD"
+    opts = dict({"ntkd": cfg.student.ntkd, "kd": cfg.student.kd}.get(method, {}))
+    if method == "ntkd":
+        opts.setdefault("seed", seed)
+    loss = make_loss(method, task, teacher if method != "none" else None, **opts)
+    config = train_config(task, "student", cfg.student.train, str(cfg.source), seed=seed)
+    config = config.model_copy(update={"progress": progress})
+    seed_everything(seed)
+    model = build_student(task, **cfg.student.architecture)
+    history = train(
+        model,
+        data["train"],
+        data["val"],
+        config,
+        loss,
+        run_dir / "student",
+        meta={"method": method, "seed": seed},
+    )
+    info = {"source": "trained", "method": method, "train_time_s": history["train_time_s"]}
+    if note:
+        info["note"] = note
+    return model.eval(), info

@@ -1,0 +1,254 @@
+"""One training loop for every task, role and transfer method.
+
+The loop knows nothing about distillation: it slices batches, calls the loss callable
+(`loss(model, batch) -> (tensor, logs)`), steps the optimiser and keeps the books. A run
+directory holds `config.json`, `state.pt` (model + optimiser + position, rewritten atomically
+after every epoch), `metrics.json`, `curves.png` and, at the end, `model.pt`. Calling `train`
+again on the same run directory resumes after the last finished epoch and produces the same
+numbers as an uninterrupted run: batch order and augmentation come from per-epoch seeded
+generators and the learning rate is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from onnlab.data.base import ArrayDataset
+from onnlab.errors import ConfigError, OnnlabError
+from onnlab.runtime import default_device, seed_everything, to_jsonable, write_json
+from onnlab.training.augment import augment_batch
+from onnlab.training.checkpoint import atomic_torch_save, model_meta, save_checkpoint
+from onnlab.training.config import RESUMABLE_CHANGES, TrainConfig, learning_rate
+from onnlab.training.losses import LossFn
+from onnlab.training.metrics import evaluate, primary_metric
+from onnlab.training.report import plot_curves
+
+STATE_FILE = "state.pt"
+
+
+def _device(name: str) -> torch.device:
+    return default_device() if name == "auto" else torch.device(name)
+
+
+def _param_groups(
+    model: nn.Module, params: Iterable[nn.Parameter] | None, config: TrainConfig
+) -> list[dict[str, Any]]:
+    """Explicit params → one group; otherwise frontend PSFs get `frontend_lr_scale`."""
+    if params is not None:
+        chosen = [p for p in params if p.requires_grad]
+        if not chosen:
+            raise ValueError("params holds no parameter that requires grad")
+        return [{"params": chosen, "lr_scale": 1.0}]
+    frontend = getattr(model, "frontend", None)
+    front_ids = {id(p) for p in frontend.parameters()} if frontend is not None else set()
+    front = [p for p in model.parameters() if p.requires_grad and id(p) in front_ids]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in front_ids]
+    groups = [{"params": rest, "lr_scale": 1.0}] if rest else []
+    if front:
+        groups.append({"params": front, "lr_scale": config.frontend_lr_scale, "weight_decay": 0.0})
+    if not groups:
+        raise ValueError("the model has no parameter that requires grad")
+    return groups
+
+
+def _optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    import json
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    now = to_jsonable(config.model_dump())
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if diff:
+        raise ConfigError(
+            f"{run_dir / 'config.json'}: cannot resume with a different {', '.join(diff)} "
+            f"(saved {[saved.get(k) for k in diff]}, now {[now[k] for k in diff]}); "
+            "use a new run dir"
+        )
+
+
+def _make_batch(
+    dataset: ArrayDataset, idx: torch.Tensor, config: TrainConfig, gen: torch.Generator, device
+) -> dict[str, torch.Tensor]:
+    x, y = dataset.images[idx], dataset.targets[idx]
+    if dataset.teacher_images is None:
+        x, y = augment_batch(config.augment, x, y, gen)
+        batch = {"x": x.to(device), "y": y.to(device)}
+        batch["x_teacher"] = batch["x"]
+    else:  # captured features: the optics already happened, do not augment
+        batch = {
+            "x": x.to(device),
+            "y": y.to(device),
+            "x_teacher": dataset.teacher_images[idx].to(device),
+        }
+    return batch
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def train(
+    model: nn.Module,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset | None,
+    config: TrainConfig,
+    loss: LossFn,
+    run_dir: str | Path,
+    *,
+    params: Iterable[nn.Parameter] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `model` in place and return the history (also in `run_dir/metrics.json`).
+
+    Args:
+        params: parameters to optimise (None: all with requires_grad; the frontend's get
+            `config.frontend_lr_scale`). Backend-only fine-tuning passes the backend's.
+        meta: extra checkpoint metadata; `model.pt` is written when the model comes from the
+            zoo or `meta` names task/role/architecture.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = config.task or train_set.task or model_meta(model).get("task")
+    if task is None:
+        raise ValueError("config.task is None and the dataset does not name its task")
+    config = config.model_copy(update={"task": task})
+    if len(train_set) == 0:
+        raise ValueError("train_set is empty")
+    device = _device(config.device)
+    resume = (run_dir / STATE_FILE).is_file()
+    if resume:
+        _check_resumable(run_dir, config)
+    write_json(run_dir / "config.json", config.model_dump())
+
+    seed_everything(config.seed)
+    model.to(device)
+    if hasattr(model, "initialise"):  # data-dependent ActNorm init before any step
+        g0 = torch.Generator().manual_seed(config.seed)
+        first = torch.randperm(len(train_set), generator=g0)[: max(config.batch_size, 256)]
+        model.initialise(train_set.images[first].to(device))
+    groups = _param_groups(model, params, config)
+    optimizer = _optimizer(groups, config)
+    n = len(train_set)
+    bs = min(config.batch_size, n)
+    steps_per_epoch = n // bs  # drop the ragged last batch: BatchNorm needs > 1 sample
+    total_steps = steps_per_epoch * config.epochs
+    history: dict[str, Any] = {"task": task, "metric": primary_metric(task), "epochs": []}
+    start_epoch = 0
+    if resume:
+        state = torch.load(run_dir / STATE_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        start_epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+
+    metric = history["metric"]
+    with _progress(config.progress) as bar:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            order = torch.randperm(n, generator=gen)
+            sums: dict[str, float] = defaultdict(float)
+            job = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, info="")
+            for i in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + i
+                lr = learning_rate(config, step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
+                batch = _make_batch(train_set, order[i * bs : (i + 1) * bs], config, gen, device)
+                value, logs = loss(model, batch)
+                if not torch.isfinite(value):
+                    raise OnnlabError(
+                        f"loss became {value.item()} at epoch {epoch + 1} step {i + 1} "
+                        f"(lr {lr:.3g}); lower --lr or check the data"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(
+                        [p for g in groups for p in g["params"]], config.grad_clip
+                    )
+                optimizer.step()
+                for key, v in logs.items():
+                    sums[key] += float(v)
+                bar.update(job, advance=1, info=f"loss {sums['loss'] / (i + 1):.4f}")
+            bar.remove_task(job)
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": lr if steps_per_epoch else config.lr,
+                "train": {k: v / max(steps_per_epoch, 1) for k, v in sums.items()},
+                "time_s": time.perf_counter() - t0,
+            }
+            if val_set is not None and len(val_set):
+                record["val"] = evaluate(model, val_set, task, config.eval_batch_size)
+            history["epochs"].append(record)
+            _save_state(run_dir, model, optimizer, history, epoch + 1)
+            _log_epoch(bar, record, metric, config.epochs)
+
+    history["final"] = history["epochs"][-1] if history["epochs"] else {}
+    history["train_time_s"] = sum(r["time_s"] for r in history["epochs"])
+    write_json(run_dir / "metrics.json", history)
+    if history["epochs"] and "val" in history["epochs"][0]:
+        plot_curves(history, run_dir / "curves.png", title=f"{task} ({run_dir.name})")
+    if model_meta(model) or meta:
+        final_val = history["final"].get("val", {})
+        save_checkpoint(
+            run_dir / "model.pt", model, {**(meta or {}), "metrics": {"val": final_val}}
+        )
+    return history
+
+
+def _save_state(run_dir: Path, model: nn.Module, optimizer, history: dict, epoch: int) -> None:
+    state = {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "epoch": epoch,
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_torch_save(state, run_dir / STATE_FILE)
+    write_json(run_dir / "metrics.json", history)
+
+
+def _log_epoch(bar, record: dict[str, Any], metric: str, epochs: int) -> None:
+    val = record.get("val", {})
+    text = f"epoch {record['epoch']}/{epochs}  loss {record['train'].get('loss', math.nan):.4f}"
+    if val:
+        text += f"  val {metric} {val[metric]:.4f}  val loss {val['loss']:.4f}"
+    bar.console.print(text + f"  ({record['time_s']:.1f} s)")

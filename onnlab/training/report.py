@@ -1,0 +1,54 @@
+"""Training-curve plot and seed summaries for run directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def plot_curves(history: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    """Train/val loss and the validation metric per epoch, as a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = history.get("epochs", [])
+    path = Path(path)
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.5))
+    if epochs:
+        e = [r["epoch"] for r in epochs]
+        ax_loss.plot(e, [r["train"]["loss"] for r in epochs], "o-", label="train (objective)")
+        ax_loss.plot(e, [r["val"]["loss"] for r in epochs], "s-", label="val (task loss)")
+        metric = history.get("metric", "accuracy")
+        ax_metric.plot(e, [r["val"][metric] for r in epochs], "o-", color="C2")
+        ax_metric.set_ylabel(f"val {metric}")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_metric.set_xlabel("epoch")
+    ax_metric.grid(alpha=0.3)
+    ax_loss.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    """mean, sample std (ddof=1, as papers report over seeds), min, max, n."""
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {
+        "mean": float(arr.mean()),
+        "std": std,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "n": len(arr),
+    }

@@ -1,0 +1,73 @@
+"""`onnlab finetune --sim --tiny`: the whole loop runs, and compensation beats no compensation.
+
+One simulated run is shared by three checks: the demo itself, a rerun on the same run dir
+(cached models and calibration, completed captures), and the lab workflow (`onnlab finetune`
+without --sim) on the demo's checkpoints and capture stores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from onnlab.capture.store import CaptureStore
+from onnlab.cli import app
+
+KEYS = ("simulation", "no_compensation", "end_to_end", "ntkd")
+
+
+def _invoke(*args: str) -> dict:
+    result = CliRunner().invoke(
+        app, ["finetune", *args, "--json", "--no-progress"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_finetune_sim_tiny_end_to_end(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    payload = _invoke("--sim", "--tiny", "--run-dir", str(run_dir))
+    for key in KEYS:
+        assert 0.0 <= payload[key] <= 1.0
+    assert payload["seconds"] > 0 and payload["student"]["method"] == "kd"
+    # the fabricated bench must hurt, and re-training the backend must help
+    assert payload["no_compensation"] < payload["simulation"] - 0.03
+    assert payload["end_to_end"] > payload["no_compensation"] + 0.03
+    assert payload["ntkd"] > payload["no_compensation"] + 0.03
+    for name in ("results.json", "results.md", "results.png"):
+        assert (run_dir / name).is_file()
+    assert "NTKD" in (run_dir / "results.md").read_text()
+    fab = run_dir / "fabrication-0"
+    for split in ("train", "test"):
+        with CaptureStore.read(fab / f"capture-{split}.h5") as store:
+            assert store.is_full and store.completion is not None
+            assert store.spec.content == "features" and store.meta["calibration_id"]
+
+    # rerun on the same run dir: models and calibration from the cache, captures complete
+    again = _invoke("--sim", "--tiny", "--run-dir", str(run_dir), "--epochs", "1")
+    assert again["student"]["source"].startswith("cache")
+    assert again["no_compensation"] == payload["no_compensation"]
+    assert again["simulation"] == payload["simulation"]
+
+    # the lab workflow on the same files
+    lab = _invoke(
+        "--student",
+        str(run_dir / "student" / "model.pt"),
+        "--teacher",
+        str(run_dir / "teacher" / "model.pt"),
+        "--calibration",
+        str(fab / "calibration.h5"),
+        "--train-capture",
+        str(fab / "capture-train.h5"),
+        "--test-capture",
+        str(fab / "capture-test.h5"),
+        "--run-dir",
+        str(tmp_path / "lab"),
+        "--epochs",
+        "1",
+    )
+    assert lab["no_compensation"] == payload["no_compensation"]
+    assert abs(lab["simulation"] - payload["simulation"]) < 1e-9
+    assert lab["n_captured_train"] == 300 and lab["n_captured_test"] == 150
