@@ -131,11 +131,12 @@ def dense_gram(A: Tensor, G: Tensor, has_w: bool, has_b: bool, budget: int) -> T
             out = out + (torch.einsum("itk,jsk->ijts", A, A) * gg).sum((2, 3))
         return out
     step = max(1, budget // max(1, B * O * (K + 1)))
-    out = None
-    for m0 in range(0, M, step):
-        J = dense_jacobian(A, G[m0 : m0 + step], has_w, has_b)
-        part = torch.einsum("mip,mjp->ij", J, J)
-        out = part if out is None else out + part
+    out = torch.einsum("miot,mjos->ij", G, G) if has_b else None  # bias rows: sum over t, s
+    if has_w:
+        for m0 in range(0, M, step):
+            J = dense_jacobian(A, G[m0 : m0 + step], True, False)
+            part = torch.einsum("mip,mjp->ij", J, J)
+            out = part if out is None else out + part
     return out
 
 
@@ -147,10 +148,10 @@ def grouped_conv_gram(
     step = max(1, budget // max(1, B * weight_shape.numel()))
     out = None
     for m0 in range(0, M, step):
-        g = G[m0 : m0 + step]
-        J = conv_per_sample(a, g, weight_shape, conv).flatten(2)
-        if has_b:
-            J = torch.cat([J, g.flatten(3).sum(3)], dim=2)
+        J = conv_per_sample(a, G[m0 : m0 + step], weight_shape, conv).flatten(2)
         part = torch.einsum("mip,mjp->ij", J, J)
         out = part if out is None else out + part
+    if has_b:  # bias rows are the output-gradients summed over positions
+        gb = G.flatten(3).sum(3)
+        out = out + torch.einsum("mio,mjo->ij", gb, gb)
     return out

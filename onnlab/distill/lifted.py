@@ -53,6 +53,58 @@ class DenseCalls(TorchFunctionMode):
         return out
 
 
+class UseCounter(TorchFunctionMode):
+    """Counts how often each tensor is consumed during a forward and records avg-pool calls.
+
+    Why: if a lifted convolution's output is consumed only by a padding-free ``avg_pool2d``,
+    pooling commutes with the weight contraction (``pool(conv(x, W))`` contracts ``W`` with pooled
+    patches), so per-sample weight-gradients can be formed at the pooled resolution -- 16x fewer
+    positions for the MNIST frontend.  Metadata reads (``.shape``) are not counted as uses.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uses: dict[int, int] = {}
+        self.pools: dict[int, Call] = {}
+        self._alive: list[Tensor] = []  # keeps ids unique while the counts are in use
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") != "__get__":
+            for value in (*args, *kwargs.values()):
+                for t in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(t, Tensor):
+                        self.uses[id(t)] = self.uses.get(id(t), 0) + 1
+                        self._alive.append(t)
+        out = func(*args, **kwargs)
+        if func is F.avg_pool2d and args and isinstance(out, Tensor):
+            self.pools[id(args[0])] = Call("avg_pool2d", args, kwargs, out)
+        return out
+
+    def pool_after(self, call: Call) -> Call | None:
+        """The avg_pool2d that is the only consumer of ``call``'s output, if it is plain."""
+        pool = self.pools.get(id(call.output))
+        if pool is None or self.uses.get(id(call.output)) != 1 or call.kind != "conv2d":
+            return None
+        names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor")
+        opts = dict(zip(names, pool.args[1:], strict=False))
+        opts.update(pool.kwargs)
+        padding = opts.get("padding", 0)
+        if (padding not in (0, (0, 0), [0, 0])) or opts.get("ceil_mode", False):
+            return None
+        if opts.get("divisor_override", opts.get("divisor")) is not None:
+            return None
+        return pool
+
+
+def _pooled_patches(A: Tensor, out_hw: tuple[int, int], pool: Call) -> Tensor:
+    """Average-pool (B, T, K) patches laid out on the conv output grid like the pool does."""
+    B, _, K = A.shape
+    maps = A.transpose(1, 2).reshape(B, K, *out_hw)
+    pooled = F.avg_pool2d(maps, *pool.args[1:], **pool.kwargs)
+    return pooled.flatten(2).transpose(1, 2)
+
+
 def _graph_reaches(root: Tensor, targets: set[Any], stops: set[Any]) -> bool:
     """Does ``root``'s autograd graph reach a node in ``targets`` without passing ``stops``?"""
     seen, todo = set(), [root.grad_fn]
@@ -134,14 +186,26 @@ def lifted_jacobian(
     primals: dict[str, Tensor],
     B: int,
     budget: int,
+    pools: list[Call | None] | None = None,
 ) -> Tensor:
-    """Per-sample rows (M, B, P) for parameters acting through intercepted dense weights."""
+    """Per-sample rows (M, B, P) for parameters acting through intercepted dense weights.
+
+    ``grads[i]`` is the output-gradient of ``calls[i]``, or of its only consumer ``pools[i]``
+    (an avg_pool2d), in which case the patches are pooled the same way.
+    """
     M = next(g for g in grads if g is not None).shape[0]
+    pools = pools or [None] * len(calls)
     rows = []
-    for call, G in zip(calls, grads, strict=True):
+    for call, G, pool in zip(calls, grads, pools, strict=True):
         weight = call.args[1]
         if G is None:
             rows.append(weight.new_zeros(M * B, *weight.shape))
+            continue
+        if pool is not None:
+            A = dense_inputs("conv2d", call.args[0], weight, _conv_options(call))
+            A = _pooled_patches(A, tuple(call.output.shape[-2:]), pool)
+            jw = torch.einsum("mbot,btk->mbok", G.flatten(3), A)
+            rows.append(jw.reshape(M * B, *weight.shape))
             continue
         if call.kind == "conv2d" and use_grouped(M, call.args[0].shape[1]):
             jw = conv_per_sample(call.args[0], G, weight.shape, _conv_options(call))

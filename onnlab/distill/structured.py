@@ -38,7 +38,7 @@ from onnlab.distill.dense import (
     grouped_conv_gram,
     use_grouped,
 )
-from onnlab.distill.lifted import Call, DenseCalls, lifted_calls, lifted_jacobian
+from onnlab.distill.lifted import Call, DenseCalls, UseCounter, lifted_calls, lifted_jacobian
 
 # Elements of per-sample Jacobian materialised at once when the caller gives no chunk size.
 DEFAULT_BUDGET = 2**24
@@ -104,9 +104,10 @@ def _is_dense(owner: _Owner) -> bool:
 
 def _record(
     model: nn.Module, names: list[str], primals: dict[str, Tensor], x: Tensor, clone: bool
-) -> tuple[Tensor, dict[str, _Owner]]:
+) -> tuple[Tensor, dict[str, _Owner], UseCounter]:
     """Run the forward once, capturing inputs/outputs of owners and of their ancestors."""
     owners = _owners(model, names)
+    counter = UseCounter()
     modes: dict[str, DenseCalls] = {}
 
     def make_pre(owner: _Owner) -> Callable[..., None]:
@@ -138,13 +139,14 @@ def _record(
             handles.append(owner.module.register_forward_pre_hook(make_pre(owner)))
         handles.append(owner.module.register_forward_hook(make_hook(owner), with_kwargs=True))
     try:
-        out = functional_call(model, primals, (x,))
+        with counter:
+            out = functional_call(model, primals, (x,))
     finally:
         for handle in handles:
             handle.remove()
         for mode in modes.values():  # only left over if a forward raised
             mode.__exit__(None, None, None)
-    return out, owners
+    return out, owners, counter
 
 
 def _generic_jacobian(owner: _Owner, primals: dict[str, Tensor], G: Tensor, budget: int) -> Tensor:
@@ -226,12 +228,12 @@ def structured_gram(
     """
     names = list(primals)
     clone = model in _NEEDS_CLONE
-    raw, owners = _record(model, names, primals, x, clone=clone)
+    raw, owners, counter = _record(model, names, primals, x, clone=clone)
     if not clone and any(
         o.output is not None and o.output._version != o.version for o in owners.values()
     ):
         _NEEDS_CLONE.add(model)  # an in-place op overwrote a captured output: run again
-        raw, owners = _record(model, names, primals, x, clone=True)
+        raw, owners, counter = _record(model, names, primals, x, clone=True)
     out = output_fn(raw)
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
         raise ValueError(f"output_fn must return (B, C); got {tuple(out.shape)}")
@@ -252,7 +254,9 @@ def structured_gram(
             continue
         calls = lifted_calls(owner, [primals[full] for full in owner.names.values()])
         if calls:
-            plans.append(("lifted", owner, [c.output for c in calls], calls))
+            pools = [counter.pool_after(c) for c in calls]
+            outs = [c.output if p is None else p.output for c, p in zip(calls, pools, strict=True)]
+            plans.append(("lifted", owner, outs, (calls, pools)))
         else:
             plans.append(("generic", owner, [owner.output], None))
     targets = [t for plan in plans for t in plan[2]]
@@ -272,7 +276,8 @@ def structured_gram(
         gs, at = list(grads[at : at + len(outs)]), at + len(outs)
         if kind == "lifted":
             if any(g is not None for g in gs):
-                jac_rows.append(lifted_jacobian(owner, extra, gs, primals, B, budget))
+                calls, pools = extra
+                jac_rows.append(lifted_jacobian(owner, calls, gs, primals, B, budget, pools))
         elif gs[0] is None:
             continue
         elif kind == "dense":
