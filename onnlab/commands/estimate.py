@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+# Images per split when not given: every pixel is a sample in segmentation, so fewer images.
+SPLIT_SIZES = {"classification": (1000, 500, 1000), "segmentation": (100, 20, 50)}
 SWEEP_POINTS = 9
 SWEEP_MAX_SCALE = 4.0
 
@@ -124,9 +126,9 @@ def register(app: typer.Typer) -> None:
         ),
         wavelength_nm: list[float] = typer.Option([], help="One per colour channel (repeat)."),
         sensor_pitch_um: float = typer.Option(3.45, help="Sensor pixel pitch (um)."),
-        n_train: int = typer.Option(1000, help="Training images for the kernel regression."),
-        n_val: int = typer.Option(500, help="Validation images (ridge selection)."),
-        n_test: int = typer.Option(1000, help="Test images (the reported accuracy)."),
+        n_train: int = typer.Option(None, help="Training images (default 1000; seg. 100)."),
+        n_val: int = typer.Option(None, help="Validation images, ridge choice (500; seg. 20)."),
+        n_test: int = typer.Option(None, help="Test images, the reported score (1000; seg. 50)."),
         data_root: str = typer.Option(None, help="Data root (default $ONNLAB_DATA or bundled)."),
         seed: int = typer.Option(0, help="Seed of the data split and the random PSFs."),
         sweep: bool = typer.Option(False, help="Also sweep the aperture size; writes a PNG."),
@@ -134,6 +136,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Predict the accuracy of a frontend design (and of infinitely many kernels)."""
         _check_lengths(aperture_mm, kernel_mm, spacing_mm)
+        defaults = SPLIT_SIZES["segmentation" if task == "segmentation" else "classification"]
+        n_train = defaults[0] if n_train is None else n_train
+        n_val = defaults[1] if n_val is None else n_val
+        n_test = defaults[2] if n_test is None else n_test
         for name, value in (("--n-train", n_train), ("--n-val", n_val), ("--n-test", n_test)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

@@ -109,12 +109,18 @@ def _primal(geom, factor, centre, train, lambdas) -> Callable:
 
 def _dual(geom, factor, centre, train, lambdas, hidden, n_pixels, seed) -> Callable:
     images, masks = train
-    feats = torch.cat([pixel_features(x, geom, factor, centre) for _, x in _chunks(geom, images)])
+    per_image = geom.image_hw[0] * geom.image_hw[1]
+    total = images.shape[0] * per_image
     gen = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(feats.shape[0], generator=gen)[: min(n_pixels, feats.shape[0])]
-    phi = feats[pick]
+    pick = torch.randperm(total, generator=gen)[: min(n_pixels, total)].sort().values
+    parts = []
+    for i, x in _chunks(geom, images):  # gather the drawn pixels chunk by chunk (bounded memory)
+        lo, hi = i * per_image, (i + len(x)) * per_image
+        local = pick[(pick >= lo) & (pick < hi)] - lo
+        if len(local):
+            parts.append(pixel_features(x, geom, factor, centre)[local])
+    phi = torch.cat(parts)
     y = masks.reshape(-1)[pick].to(torch.float64)
-    del feats
     diag = phi.square().sum(1)
     theta = backend_ntk(KernelPair.frozen_input(phi @ phi.T, diag, diag), hidden)
     evals, evecs = torch.linalg.eigh(0.5 * (theta + theta.T))
