@@ -66,10 +66,11 @@ def _plot_sweep(rows: list[dict], infinite: float, metric: str, path: Path) -> N
 
     ks = [r["n_kernels"] for r in rows]
     scores = [r["predicted"] for r in rows]
+    errs = [r.get("stderr") or 0.0 for r in rows]
     areas = [r["aperture_mm"][0] * r["aperture_mm"][1] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, xs, label in ((axes[0], ks, "kernels K"), (axes[1], areas, "aperture area (mm²)")):
-        ax.plot(xs, scores, "o-", label="K random PSFs + readout")
+        ax.errorbar(xs, scores, yerr=errs, fmt="o-", capsize=3, label="K random PSFs + readout")
         ax.axhline(infinite, ls="--", color="k", label="K → ∞ (NTK)")
         ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -82,6 +83,13 @@ def _plot_sweep(rows: list[dict], infinite: float, metric: str, path: Path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _stderr(p) -> float | None:
+    """Binomial standard error of a test accuracy in points (None for mIoU)."""
+    if p.metric != "accuracy":
+        return None
+    return 100 * math.sqrt(max(p.score * (1 - p.score), 0.0) / max(p.n_test, 1))
 
 
 def _sweep(est, make, aperture_mm: tuple[float, float], kernel_mm: float, seed: int) -> list:
@@ -104,6 +112,7 @@ def _sweep(est, make, aperture_mm: tuple[float, float], kernel_mm: float, seed: 
                 "cols": d.layout.cols,
                 "n_kernels": d.n_kernels,
                 "predicted": 100 * p.score,
+                "stderr": _stderr(p),
                 "time_s": p.time_s,
             }
         )
@@ -182,6 +191,8 @@ def register(app: typer.Typer) -> None:
             f"({this.time_s:.1f} s)"
         )
         say(f"  infinitely many kernels (NTK limit): {100 * inf.score:.2f} % ({inf.time_s:.1f} s)")
+        if _stderr(this) is not None:
+            say(f"  (test standard error {_stderr(this):.1f} points)")
         run_dir = make_run_dir("estimate")
         summary: dict = {
             "design": design.as_dict(),
@@ -207,6 +218,11 @@ def register(app: typer.Typer) -> None:
                     f"{r['predicted']:>11.2f} {r['time_s']:>7.1f}"
                 )
             say(f"{'':>16} {'':>9} {'inf':>6} {100 * inf.score:>11.2f} {inf.time_s:>7.1f}")
+            if rows and rows[0]["stderr"] is not None:
+                say(
+                    f"(test standard error ~ {rows[-1]['stderr']:.1f} points; differences below "
+                    "that are noise)"
+                )
             png = run_dir / "sweep.png"
             _plot_sweep(rows, 100 * inf.score, metric, png)
             summary["sweep"] = rows

@@ -7,9 +7,17 @@ scaling, frozen at its training-set initialisation) → [FC → ReLU] * len(hidd
 Choice: the PSFs are NOT trainable in the NTK. Table 5 measures what *random* optics support,
 the physical parameterisation of a PSF (non-negative, energy-bounded) makes its gradient depend
 on an arbitrary reparameterisation, and with frozen optics and a linear readout (hidden=()) the
-network is linear in its trainable parameters, so kernel regression with its empirical NTK is
-*exactly* the network trained on MSE (no linearisation error). The trained reference
-(`onnlab.estimate.reference`) therefore trains the readout only, on the same PSFs.
+network is linear in its trainable parameters: its empirical NTK never changes during training,
+and gradient descent on the MSE from a zero output follows the kernel-regression path exactly
+(lambda -> 0 at convergence; the ridge lambda stands for early stopping / weight decay). No
+linearisation error. The trained reference (`onnlab.estimate.reference`) therefore trains the
+readout only, on the same PSFs.
+
+Physics consequence worth knowing: optics, binning and ActNorm are linear/affine in the image,
+so with a linear readout the whole network is a linear classifier of the pixels whatever K is;
+K only changes the kernel's metric, and its rank (<= K * cells) when binning is coarse. The
+estimate is therefore nearly flat in K once K * cells exceeds the useful pixel dimension; a
+digital backend that mixes all features first (``hidden``) inherits the same behaviour.
 
 Finite K uses the K actual PSFs (moment ``(1/K) sum_k p_k p_k^T / std_k^2``); K → infinity
 replaces that average by its expectation over the PSF law (`onnlab.estimate.priors`), with the
@@ -88,6 +96,7 @@ class Prediction:
     lambda_rel: float
     time_s: float
     n_train: int
+    n_test: int = 0
     details: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -195,6 +204,7 @@ class Estimator:
             lam,
             elapsed,
             self.train.images.shape[0],
+            self.test.images.shape[0],
             details,
         )
 

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_LAMBDAS = tuple(10.0**e for e in range(-7, 2))  # relative to mean(diag Theta_train)
+# Ridge grid relative to mean(diag Theta_train), half-decades from 1e-7 to 1e4. The top must
+# reach the kernel's largest eigenvalues (up to n * mean diag for a low-rank kernel, e.g. a few
+# coarsely binned kernels): early-stopped training explores that whole path, and a grid that
+# stops at 10 would only ever see the least-squares end of it.
+DEFAULT_LAMBDAS = tuple(10.0 ** (e / 2) for e in range(-14, 9))
 
 
 @dataclass
