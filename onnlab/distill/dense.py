@@ -57,14 +57,28 @@ def numeric_padding(padding: Any, kernel: tuple[int, int], dilation: tuple[int, 
     raise Unsupported("'same' padding with an even kernel")
 
 
-def use_grouped(M: int, in_channels: int) -> bool:
+def use_grouped(M: int, in_channels: int, positions: int) -> bool:
     """Per-sample conv weight-grads by grouped convolution_backward or by patches + bmm.
 
-    Measured on CPU: the grouped kernel is 1.3-15x faster with one output direction or wide
-    inputs (no 9x patch copy); patches + bmm are 2-3x faster for the frontends (1-3 input
+    Measured on one CPU thread (B = 16): the grouped kernel wins with many output positions
+    (T >= 64 for one output direction, T >= 128 for ten) on wide inputs -- no 9x patch copy; with
+    few positions (late CifarNet/LeNet layers, T = 16-64) its M*B*Cout tiny groups make it
+    2-4x slower than patches + bmm (LeNet conv2, ten directions: 94 vs 37 ms; CifarNet's last
+    conv, one direction: 197 vs 111 ms).  Patches + bmm also win for the frontends (1-3 input
     channels, 10 output directions), where the grouped kernel must replicate the input M times.
     """
-    return M == 1 or in_channels >= 16
+    return (M == 1 or in_channels >= 16) and positions >= (64 if M == 1 else 128)
+
+
+def sum_gram(J: Tensor) -> Tensor:
+    """sum_m J_m J_m^T for per-sample rows J (M, B, P).
+
+    A batched matmul reads J in place; ``einsum("mip,mjp->ij")`` first copies J to (B, M*P),
+    which costs more than the product itself for wide layers.
+    """
+    if J.shape[0] == 1:
+        return J[0] @ J[0].T
+    return torch.bmm(J, J.transpose(1, 2)).sum(0)
 
 
 def conv_per_sample(a: Tensor, G: Tensor, weight_shape: torch.Size, conv: dict) -> Tensor:
@@ -135,7 +149,7 @@ def dense_gram(A: Tensor, G: Tensor, has_w: bool, has_b: bool, budget: int) -> T
     if has_w:
         for m0 in range(0, M, step):
             J = dense_jacobian(A, G[m0 : m0 + step], True, False)
-            part = torch.einsum("mip,mjp->ij", J, J)
+            part = sum_gram(J)
             out = part if out is None else out + part
     return out
 
@@ -149,7 +163,7 @@ def grouped_conv_gram(
     out = None
     for m0 in range(0, M, step):
         J = conv_per_sample(a, G[m0 : m0 + step], weight_shape, conv).flatten(2)
-        part = torch.einsum("mip,mjp->ij", J, J)
+        part = sum_gram(J)
         out = part if out is None else out + part
     if has_b:  # bias rows are the output-gradients summed over positions
         gb = G.flatten(3).sum(3)

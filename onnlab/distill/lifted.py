@@ -207,7 +207,7 @@ def lifted_jacobian(
             jw = torch.einsum("mbot,btk->mbok", G.flatten(3), A)
             rows.append(jw.reshape(M * B, *weight.shape))
             continue
-        if call.kind == "conv2d" and use_grouped(M, call.args[0].shape[1]):
+        if call.kind == "conv2d" and use_grouped(M, call.args[0].shape[1], G[0, 0, 0].numel()):
             jw = conv_per_sample(call.args[0], G, weight.shape, _conv_options(call))
             rows.append(jw.reshape(M * B, *weight.shape))
             continue

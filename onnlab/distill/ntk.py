@@ -29,6 +29,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,6 +141,27 @@ def _orthogonal_rows(m: int, c: int, generator: torch.Generator) -> Tensor:
     return torch.cat(blocks)[:m] * (c / m) ** 0.5
 
 
+def _functional(
+    model: nn.Module, output_fn: Callable[[Tensor], Tensor]
+) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+    """(params, x) -> output_fn(model(x)) with the parameters swapped in, for torch.func."""
+    buffers = dict(model.named_buffers())
+
+    def f(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return output_fn(functional_call(model, (p, buffers), (x,)))
+
+    return f
+
+
+def _chunked_gram(parts: Iterator[Tensor], equation: str) -> Tensor:
+    """Sum of ``einsum(equation, r, r)`` over the row blocks ``r`` (bounds peak memory)."""
+    gram = None
+    for rows in parts:
+        part = torch.einsum(equation, rows, rows)
+        gram = part if gram is None else gram + part
+    return gram
+
+
 def _gram_jacobian(
     model: nn.Module,
     x: Tensor,
@@ -147,17 +169,15 @@ def _gram_jacobian(
     output_fn: Callable[[Tensor], Tensor],
     chunk: int,
 ) -> Tensor:
-    buffers = dict(model.named_buffers())
-
-    def f(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        return output_fn(functional_call(model, (p, buffers), (xi.unsqueeze(0),)))[0]
-
-    jac_fn = vmap(jacrev(f), in_dims=(None, 0))
-    rows = []
-    for b0 in range(0, x.shape[0], chunk):
-        jac = jac_fn(primals, x[b0 : b0 + chunk])
-        rows.append(torch.cat([j.flatten(2) for j in jac.values()], dim=2))  # (b, C, P)
-    J = torch.cat(rows)
+    """Textbook oracle: per-sample Jacobians (B, C, P) by vmap(jacrev), contracted."""
+    f = _functional(model, output_fn)
+    jac_fn = vmap(jacrev(lambda p, xi: f(p, xi.unsqueeze(0))[0]), in_dims=(None, 0))
+    J = torch.cat(
+        [
+            torch.cat([j.flatten(2) for j in jac_fn(primals, x[b0 : b0 + chunk]).values()], dim=2)
+            for b0 in range(0, x.shape[0], chunk)
+        ]
+    )
     return torch.einsum("icp,jcp->ij", J, J)
 
 
@@ -170,42 +190,28 @@ def _gram_jvp(
     chunk: int,
     generator: torch.Generator,
 ) -> Tensor:
-    buffers = dict(model.named_buffers())
-
-    def f(p: dict[str, Tensor]) -> Tensor:
-        return output_fn(functional_call(model, (p, buffers), (x,)))
+    """(1/m) sum_r (J v_r)(J v_r)^T over Gaussian parameter directions v_r, by forward mode."""
+    f = _functional(model, output_fn)
 
     def push(tangent: dict[str, Tensor]) -> Tensor:
-        return jvp(f, (primals,), (tangent,))[1]
+        return jvp(lambda p: f(p, x), (primals,), (tangent,))[1]
 
-    gram = None
-    for r0 in range(0, m, chunk):
-        r = min(chunk, m - r0)
-        tangents = {
-            n: torch.randn((r, *p.shape), generator=generator, dtype=p.dtype).to(p.device)
-            for n, p in primals.items()
-        }
-        proj = vmap(push)(tangents)  # (r, B, C)
-        part = torch.einsum("ric,rjc->ij", proj, proj)
-        gram = part if gram is None else gram + part
-    return gram / m
+    def projections() -> Iterator[Tensor]:
+        for r0 in range(0, m, chunk):
+            r = min(chunk, m - r0)
+            tangents = {
+                n: torch.randn((r, *p.shape), generator=generator, dtype=p.dtype).to(p.device)
+                for n, p in primals.items()
+            }
+            yield vmap(push)(tangents)  # (r, B, C)
+
+    return _chunked_gram(projections(), "ric,rjc->ij") / m
 
 
-def ntk_gram(
-    model: nn.Module,
-    x: Tensor,
-    *,
-    estimator: str = "exact",
-    size: int | None = None,
-    generator: torch.Generator | None = None,
-    create_graph: bool = False,
-    params: Iterable[Tensor] | Mapping[str, Tensor] | None = None,
-    chunk_size: int | None = None,
-    output_fn: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
+def ntk_gram(model: nn.Module, x: Tensor, **options: Any) -> Tensor:
     """Empirical NTK Gram (B, B) of ``model`` on the batch ``x`` (eval-mode statistics).
 
-    Args:
+    Keyword options (those of ``ntk_gram_and_output``, which this returns the Gram of):
         estimator: "exact" | "jacobian" | "jvp" | "output" (see the module docstring).
         size: number of random projections for "jvp" (default 256) / "output" (default C).
         generator: source of the random projections; None -> a fixed seed, so two calls agree.
@@ -218,17 +224,7 @@ def ntk_gram(
             projections per chunk ("jvp"), Jacobian elements per block ("exact"/"output").
         output_fn: maps the model output to (B, C); default ``default_output_fn``.
     """
-    return ntk_gram_and_output(
-        model,
-        x,
-        estimator=estimator,
-        size=size,
-        generator=generator,
-        create_graph=create_graph,
-        params=params,
-        chunk_size=chunk_size,
-        output_fn=output_fn,
-    )[0]
+    return ntk_gram_and_output(model, x, **options)[0]
 
 
 def ntk_gram_and_output(
@@ -243,7 +239,7 @@ def ntk_gram_and_output(
     chunk_size: int | None = None,
     output_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """``ntk_gram`` plus the eval-mode model output when the estimator computed it anyway.
+    """``ntk_gram`` (same options, documented there) plus the eval-mode model output.
 
     Why: "exact"/"output" run one ordinary forward; handing its output back lets the NTKD
     objective take the task/KD losses from it instead of paying for a second forward.  The

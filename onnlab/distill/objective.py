@@ -35,11 +35,16 @@ from onnlab.distill.ntk import ESTIMATORS, ntk_gram_and_output
 #   per-step error on a trained LeNet is large (~30 % relative Frobenius; ~3 % at random init),
 #   yet training matched the exact teacher Gram (92.10 vs 92.17 %) at half the training time --
 #   fresh directions every step average the noise out.
-# - ntk_batch 32: Grams on the first 32 samples of each (shuffled) batch; the whole batch of 128
-#   gave 91.95 % at 1.8x the training time.  Per-sample work is linear in n, the Gram quadratic.
+# - ntk_batch 16: Grams on the first 16 samples of each (shuffled) batch.  32 gave 92.10 % in
+#   the sweep above; the whole batch of 128 91.95 % at 1.8x the training time.  16 vs 32 (3
+#   epochs, 3 seeds, registered LeNet teacher): see the README; the Gram work is quadratic and
+#   the teacher's backward linear in it, which is what brings NTKD under 1.5x a KD step.
+# - not the exact teacher Gram: it needs C = 10 backward directions instead of 1, i.e. about
+#   2.5 teacher forwards of the whole batch at ntk_batch 16 (~4.6x a KD step on MNIST measured
+#   with a loaded CPU; CifarNet's last conv alone ~1 s), and it trained no better (92.17 %).
 TEACHER_ESTIMATOR = "output"
 TEACHER_SIZE = 1
-NTK_BATCH = 32
+NTK_BATCH = 16
 # Segmentation: 16 pooled mask outputs x per-sample weight-gradients of full-resolution
 # decoder convolutions make the exact student Gram ~50x a KD step; one random output direction
 # per step for the student too brings it to ~3-5x.
@@ -100,7 +105,7 @@ class NTKDObjective:
         teacher_estimator, teacher_size: teacher NTK estimator; default output sketch, 1 dir.
         temperature: KD temperature (only used when ``kd_weight > 0``).
         output_fn: (B, ...) output -> (B, C) for the NTK; default pools masks to 4x4.
-        ntk_batch: take the Grams on the first ``ntk_batch`` samples of the batch (default 32;
+        ntk_batch: take the Grams on the first ``ntk_batch`` samples of the batch (default 16;
             the loop shuffles, so that is a random subset); None, 0 or "all" = the whole
             batch.  The task/KD terms always use the whole batch.
         params: the student parameters to take the NTK over (None: all requires_grad ones).

@@ -36,6 +36,7 @@ from onnlab.distill.dense import (
     dense_gram,
     dense_inputs,
     grouped_conv_gram,
+    sum_gram,
     use_grouped,
 )
 from onnlab.distill.lifted import Call, DenseCalls, UseCounter, lifted_calls, lifted_jacobian
@@ -197,7 +198,7 @@ def _dense_owner_gram(owner: _Owner, G: Tensor, B: int, budget: int) -> Tensor:
         kernel_cost = pair_positions * (K + M * O)
         if (
             has_w
-            and use_grouped(M, owner.args[0].shape[1])
+            and use_grouped(M, owner.args[0].shape[1], T)
             and (kernel_cost >= M * B * O * K * (T + B) or pair_positions > 4 * budget)
         ):
             return grouped_conv_gram(owner.args[0], G, module.weight.shape, conv, has_b, budget)
@@ -286,5 +287,5 @@ def structured_gram(
             jac_rows.append(_generic_jacobian(owner, primals, gs[0], budget))
     if jac_rows:
         J = torch.cat(jac_rows, dim=2)
-        gram = gram + torch.einsum("mip,mjp->ij", J, J)
+        gram = gram + sum_gram(J)
     return gram, raw

@@ -103,6 +103,8 @@ def _make_batch(
 
 
 def _progress(enabled: bool):
+    """Progress bar and epoch log on stderr, so stdout stays clean for `--json` output."""
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -119,6 +121,7 @@ def _progress(enabled: bool):
         TimeRemainingColumn(),
         disable=not enabled,
         transient=True,
+        console=Console(stderr=True),
     )
 
 

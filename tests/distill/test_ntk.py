@@ -210,3 +210,44 @@ def test_grouped_conv_path_matches_jacobian() -> None:
 
         ref = ntk_gram(net, x, estimator="jacobian", output_fn=pool)
         assert rel_err(ntk_gram(net, x, output_fn=pool), ref) < 1e-10
+
+
+def test_frozen_cifarnet_like_teacher_exact_matches_jacobian() -> None:
+    """A frozen VGG-style teacher (conv-BN-ReLU in place, max-pool, global max-pool, eval-mode
+    BatchNorm with non-trivial running statistics and affine parameters): the structured Gram
+    over all its parameters equals the oracle, through both per-sample conv paths (grouped
+    kernel for wide layers with many positions, patches + bmm for few positions)."""
+    torch.manual_seed(0)
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+    teacher = nn.Sequential(
+        block(3, 16),  # T = 144 positions, 3 input channels: patches + bmm
+        block(16, 16),  # T = 144, wide input, C = 3 directions: grouped kernel
+        nn.MaxPool2d(2),
+        block(16, 8),  # T = 36: patches + bmm
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).double()
+    for module in teacher.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.1, 0.1)
+    teacher.eval().requires_grad_(False)
+    params = list(teacher.parameters())
+    x = torch.rand(5, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = ntk_gram(teacher, x, estimator="jacobian", params=params)
+    assert rel_err(ntk_gram(teacher, x, params=params), ref) < 1e-10
+    one = ntk_gram(teacher, x, params=params, output_fn=lambda o: o[:, :1])  # M = 1 paths
+    ref_one = ntk_gram(
+        teacher, x, estimator="jacobian", params=params, output_fn=lambda o: o[:, :1]
+    )
+    assert rel_err(one, ref_one) < 1e-10
