@@ -2,51 +2,31 @@
 
 The devices answer for themselves (panel and camera shapes, limits, ids, serials); the rest —
 the design PSFs, the tile layout and the photometric scale — is design knowledge that the bench
-config (``sim`` section for simulated benches) or command-line options provide. Calibration
-never reads a simulated bench's hidden ``truth``.
+config (``sim`` section for simulated benches) or command-line options provide, read with the
+simulator's own rules (`drivers.sim.design`) so calibration assumes the design it renders.
+Calibration never reads a simulated bench's hidden ``truth``.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from calibration.artifact import config_hash
 from calibration.forward import TileGeometry
 from calibration.runner import BenchSetup, device_record
+from drivers.sim.design import read_psfs, sim_design_psfs, tile_grid
 from onnlab.errors import CalibrationError, ConfigError
 
 
 def load_design(path: str | Path) -> torch.Tensor:
-    """(K, C, k, k) design PSFs from .npy or .pt (weights_only)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"design PSFs not found: {p}")
-    arr = np.load(p, allow_pickle=False) if p.suffix == ".npy" else torch.load(p, weights_only=True)
-    psfs = torch.as_tensor(arr, dtype=torch.float32)
-    if psfs.ndim != 4 or psfs.shape[2] != psfs.shape[3]:
-        raise ConfigError(f"{p}: expected (K, C, k, k) PSFs, got {tuple(psfs.shape)}")
-    return psfs
-
-
-def design_from_config(config: Any) -> torch.Tensor:
-    """The design a config's simulated bench is built from (same rule as the registry)."""
-    from drivers.sim import design_psfs as make_design
-
-    d = config.sim.design
-    if d.psfs_path:
-        return load_design(config.resolve(d.psfs_path))
-    return make_design(d.task, d.kernels, d.kernel_px, d.channels, d.seed)
-
-
-def default_grid(n_kernels: int) -> tuple[int, int]:
-    """Near-square rows × cols (rows ≤ cols) holding K tiles, the simulated bench's default."""
-    rows = max(1, int(math.floor(math.sqrt(n_kernels))))
-    return rows, math.ceil(n_kernels / rows)
+    """(K, C, k, k) design PSFs from .npy or .pt (weights_only); ConfigError when malformed."""
+    try:
+        return read_psfs(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def setup_from_devices(
@@ -81,17 +61,12 @@ def setup_from_devices(
     if camera is None:
         raise CalibrationError("calibration needs a camera; none is configured")
     stage = pick("stage", stage_id)
-    design = design_psfs if design_psfs is not None else design_from_config(config)
+    design = design_psfs if design_psfs is not None else sim_design_psfs(config)
     n_k = int(design.shape[0])
     sim = config.sim
-    rows = sim.rows if rows is None else rows
-    cols = sim.cols if cols is None else cols
-    if rows is None and cols is None:
-        rows, cols = default_grid(n_k)
-    elif rows is None:
-        rows = math.ceil(n_k / cols)
-    elif cols is None:
-        cols = math.ceil(n_k / rows)
+    rows, cols = tile_grid(
+        n_k, sim.rows if rows is None else rows, sim.cols if cols is None else cols
+    )
     tiles = TileGeometry(
         int(rows),
         int(cols),

@@ -245,27 +245,16 @@ class OpenDevices(dict):
 
 def build_sim_bench(config: BenchConfig, design_psfs: Any = None) -> Any:
     """The `SimulatedBench` described by ``config.sim`` (device ids taken from the config)."""
-    import numpy as np
     import torch
 
     from drivers.sim import TASK_DEFAULTS, SimulatedBench
-    from drivers.sim import design_psfs as make_design
+    from drivers.sim.design import sim_design_psfs
     from onnlab.optics import SensorModel
 
     sim = config.sim
     d = sim.design
-    if design_psfs is None and d.psfs_path:
-        p = config.resolve(d.psfs_path)
-        if not p.is_file():
-            raise ConfigurationError(
-                f"{config.source}: sim.design.psfs_path: file not found: {p}", operation="config"
-            )
-        if p.suffix == ".npy":
-            design_psfs = torch.from_numpy(np.load(p, allow_pickle=False))
-        else:
-            design_psfs = torch.load(p, weights_only=True)
     if design_psfs is None:
-        design_psfs = make_design(d.task, d.kernels, d.kernel_px, d.channels, d.seed)
+        design_psfs = sim_design_psfs(config)
     ids = {"slm": "slm0", "camera": "cam0", "stage": "stage0"}
     for dev_id, dev in config.devices.items():
         if dev.driver == "sim":

@@ -9,6 +9,18 @@ spread *within* a tile additionally reveals the display's rotation relative to t
 What dots cannot tell apart is a shift of the display image from a shift of the camera (both
 move every blob); the tile windows can: content is cut where a tile ends, so the final split
 comes from fitting the edges of a full-white frame (`split_window_shift`).
+
+Why a per-tile centroid shift in the fit: a dot's image sits at the AS-BUILT PSF's centroid,
+and calibration only knows the design's. Fabrication moves each kernel's centroid by roughly
+(relative per-tap error) x (PSF radius) / sqrt(taps): ~0.1 px for 7x7 smooth MNIST kernels,
+but 0.25-0.35 px for the segmentation design's 3x3 taps at dilation 4 (taps 4 px from the
+centre). A pure similarity then leaves that as "misfit" although the relay is perfectly
+registered (measured on the segmentation bench: 0.24-0.29 px misfit, 0.01 px true error).
+So each tile gets its own centroid shift (a nuisance parameter, reported), fixed in gauge to
+carry no translation, rotation or scale pattern across the tiles: that part of random
+centroid errors is indistinguishable from registration by dots (about sigma / sqrt(K)) and is
+what the tile-edge fit then corrects. The acceptance test is applied to what registration
+errors produce and centroid errors cannot: the misfit of the dots within each tile.
 """
 
 from __future__ import annotations
@@ -34,7 +46,8 @@ class RegistrationResult(StepResult):
 
     geometry: Geometry
     composite_offset: tuple[float, float]  # camera offset + scale·R·display shift
-    per_tile_rms_px: np.ndarray  # (K,)
+    per_tile_rms_px: np.ndarray  # (K,) within-tile misfit
+    centroid_shift_px: np.ndarray  # (K, 2) as-built minus design PSF centroid (gauge-fixed)
     measured_yx: np.ndarray  # (N, 2) centroids on the camera
     predicted_yx: np.ndarray  # (N, 2) model positions
     tile_index: np.ndarray  # (N,)
@@ -60,6 +73,56 @@ def _model_points(
     return cs + scale * (u - cs) @ rs.T + np.array([ty, tx])
 
 
+def _gauge_basis(tiles: TileGeometry) -> np.ndarray:
+    """(2K, 4) orthonormal tile-level displacement fields of a similarity (translation y/x,
+    scale, rotation about the frame centre): per-tile shifts must carry none of them."""
+    h, w = tiles.image_hw
+    u = tiles.tile_origins_px() + np.array([(h - 1) / 2, (w - 1) / 2]) - np.asarray(tiles.centre_px)
+    n = len(u)
+    fields = np.zeros((n, 2, 4))
+    fields[:, 0, 0] = 1.0
+    fields[:, 1, 1] = 1.0
+    fields[:, :, 2] = u  # d/ds of s * u
+    fields[:, 0, 3], fields[:, 1, 3] = u[:, 1], -u[:, 0]  # d/dtheta of R(theta) u at 0
+    q, _ = np.linalg.qr(fields.reshape(2 * n, 4))
+    return q
+
+
+def fit_dots(
+    tiles: TileGeometry,
+    src: np.ndarray,
+    psf_off: np.ndarray,
+    tile_idx: np.ndarray,
+    measured: np.ndarray,
+    x0: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint least squares of the similarity and per-tile PSF centroid shifts.
+
+    Returns (p = (scale, rot, image_rot, ty, tx), shifts (K, 2), residuals (N, 2)). The
+    shifts are gauge-fixed (`_gauge_basis`) and weakly tied to 0 (1e-3 weight) so tiles with
+    no dots stay defined; both constraints are stiff or tiny enough not to bias the rest.
+    """
+    n_k = tiles.n_kernels
+    basis = _gauge_basis(tiles)
+    stiff = 10.0 * np.sqrt(len(measured))
+
+    def split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x[:5], x[5:].reshape(n_k, 2)
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        p, shifts = split(x)
+        pts = _model_points(p, tiles, src, psf_off + shifts, tile_idx) - measured
+        return np.concatenate([pts.ravel(), stiff * (basis.T @ shifts.ravel()), 1e-3 * x[5:]])
+
+    sol = least_squares(
+        resid,
+        x0=np.concatenate([x0, np.zeros(2 * n_k)]),
+        x_scale=np.concatenate([[1e-3, 1e-3, 1e-3, 0.1, 0.1], np.full(2 * n_k, 0.1)]),
+    )
+    p, shifts = split(sol.x)
+    return p, shifts, _model_points(p, tiles, src, psf_off + shifts, tile_idx) - measured
+
+
 def _rms_width(blob: np.ndarray) -> float:
     """RMS radius of a non-negative blob about its centroid."""
     b = np.clip(blob, 0, None)
@@ -79,14 +142,17 @@ def measure_registration(
     n_frames: int = 3,
     dot_px: int = 2,
     max_rms_px: float = 0.3,
+    max_centroid_shift_px: float | None = None,
     split_with_edges: bool = True,
 ) -> RegistrationResult:
     """Fit the registration from dot grids (+ tile edges of a white frame); store in ``ctx``.
 
     Refuses when dots are missing (no signal / wrong exposure), when blobs are much wider than
-    the design PSFs (defocused: run the focus step), or when the similarity does not explain
-    the centroids (RMS > ``max_rms_px``: misregistered beyond the search window, or a
-    distorting relay).
+    the design PSFs (defocused: run the focus step), when the similarity does not explain the
+    dots within the tiles (RMS > ``max_rms_px``: a distorting relay, or misregistered beyond
+    the search window), or when a tile's blobs sit farther than ``max_centroid_shift_px``
+    (default k/4: a quarter of the kernel window, far beyond fabrication tolerances) from
+    where the design's PSF centroid puts them (wrong design or tile layout).
     """
     t0 = time.perf_counter()
     n0 = ctx.frames_captured
@@ -154,16 +220,21 @@ def measure_registration(
             "(defocused?); run the focus step first"
         )
 
-    def resid(p: np.ndarray) -> np.ndarray:
-        return (_model_points(p, tiles, src_a, offsets, tidx_a) - meas_a).ravel()
-
-    sol = least_squares(
-        resid,
-        x0=[1.0, 0.0, 0.0, float(shift[0]), float(shift[1])],
-        x_scale=[1e-3, 1e-3, 1e-3, 0.1, 0.1],
-    )
-    pred = _model_points(sol.x, tiles, src_a, offsets, tidx_a)
-    err = np.linalg.norm(pred - meas_a, axis=1)
+    x0 = np.array([1.0, 0.0, 0.0, float(shift[0]), float(shift[1])])
+    params, shifts, res_yx = fit_dots(tiles, src_a, offsets, tidx_a, meas_a, x0)
+    # A dot the display misalignment pushed near a panel edge images to a blob the tile
+    # window cuts (wide dilated PSFs reach 4 px out), biasing its centroid by up to pixels.
+    # Such dots are outliers of a fit that is otherwise good to ~0.02 px: drop points beyond
+    # 4 robust sigmas (never below 0.1 px) and refit; the whole fit still needs 70 % of dots.
+    for _ in range(2):
+        err = np.linalg.norm(res_yx, axis=1)
+        keep = err <= max(4 * 1.4826 * float(np.median(err)), 0.1)
+        if keep.all() or keep.sum() < 0.7 * n_expected:
+            break
+        meas_a, src_a, tidx_a = meas_a[keep], src_a[keep], tidx_a[keep]
+        params, shifts, res_yx = fit_dots(tiles, src_a, offsets, tidx_a, meas_a, params)
+    pred = meas_a + res_yx
+    err = np.linalg.norm(res_yx, axis=1)
     rms = float(np.sqrt(np.mean(err**2)))
     per_tile = np.array(
         [
@@ -173,11 +244,19 @@ def measure_registration(
     )
     if rms > max_rms_px:
         raise CalibrationError(
-            f"registration: a similarity transform leaves {rms:.2f} px RMS misfit "
-            f"(> {max_rms_px}); tiles misregistered beyond the search window or the relay "
-            "distorts; check alignment and focus"
+            f"registration: a similarity transform leaves {rms:.2f} px RMS misfit within the "
+            f"tiles (> {max_rms_px}); tiles misregistered beyond the search window or the "
+            "relay distorts; check alignment and focus"
         )
-    scale, rot, irot, ty, tx = (float(v) for v in sol.x)
+    limit = k / 4 if max_centroid_shift_px is None else max_centroid_shift_px
+    worst = int(np.argmax(np.linalg.norm(shifts, axis=1)))
+    if np.linalg.norm(shifts[worst]) > limit:
+        raise CalibrationError(
+            f"registration: tile {worst}'s point images sit {np.linalg.norm(shifts[worst]):.2f}"
+            f" px from where its design PSF puts them (> {limit:g}); check the design PSFs "
+            "and the tile layout"
+        )
+    scale, rot, irot, ty, tx = (float(v) for v in params)
     ctx.geometry = Geometry.from_values((ty, tx), rot, scale, (0.0, 0.0), irot)
     _check_tiles_on_camera(ctx)
     ctx.composite_offset = (ty, tx)
@@ -196,6 +275,7 @@ def measure_registration(
         geometry=geom,
         composite_offset=(ty, tx),
         per_tile_rms_px=per_tile,
+        centroid_shift_px=shifts,
         measured_yx=meas_a,
         predicted_yx=pred,
         tile_index=tidx_a,

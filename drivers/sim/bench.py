@@ -5,23 +5,27 @@ The bench draws hidden as-built deviations from a seed (or takes them from the c
 drivers, and keeps the hidden values in `truth` for tests and benchmarks only (calibration must
 never read it). The rendering model (formulas, units) is documented in `drivers.sim.model`.
 
-Two ways to get frames, one model and one noise stream:
+Two ways to get frames, one model and one noise rule:
 
 * per frame: ``slm.show(img, pattern_id=i); frame = camera.capture()`` -- with transport
   faults (`FaultConfig`) and honest ``Frame.pattern_id`` under display latency;
-* batched: ``bench.render(images) -> list[Frame]`` -- the same rendering and the same noise
-  generator for thousands of frames per second, no transport faults.
+* batched: ``bench.render(images) -> list[Frame]`` -- the same rendering and the same
+  per-frame noise for thousands of frames per second, no transport faults.
+
+Sensor noise is a pure function of (seed, pattern id, displayed grey levels, exposure, stage
+position, repeat count) -- `drivers.sim.noise` -- so a capture interrupted and resumed by a
+new process yields exactly the frames of an uninterrupted one, noise included.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from drivers.protocols import Frame, PatternId
+from drivers.sim.design import tile_grid
 from drivers.sim.devices import SimCamera, SimSLM, SimStage
 from drivers.sim.faults import FaultConfig, FaultInjector
 from drivers.sim.model import (
@@ -32,16 +36,11 @@ from drivers.sim.model import (
     SimTruth,
     TileLayout,
 )
+from drivers.sim.noise import FrameNoise
 from onnlab.optics import FabricationErrors, SensorModel, perturb_psfs
 
 STAGE_LIMITS_M = (0.0, 25e-3)  # a 25 mm travel actuator (SMC100-class); home at 0
 NOMINAL_FOCUS_M = 12.5e-3  # where the design puts focus; the as-built focus differs
-
-
-def _grid_for(k: int) -> tuple[int, int]:
-    """Near-square rows x cols grid holding k tiles (rows <= cols): 8 -> 2x4, 16 -> 4x4."""
-    rows = max(1, int(math.floor(math.sqrt(k))))
-    return rows, math.ceil(k / rows)
 
 
 class SimulatedBench:
@@ -55,7 +54,7 @@ class SimulatedBench:
         sensor: camera model (default `SensorModel()`).
         rows, cols, gap_px: tile grid on the sensor (default: most square grid, 4 px gaps).
         margin_px: dark border around the tiles so registration never pushes light off-sensor.
-        seed: one seed for every hidden value and the noise stream.
+        seed: one seed for every hidden value and the per-frame noise.
         faults: transport faults to inject (default: none).
         display, registration, focus: override the drawn hidden values (e.g. ideal ones).
         error_strength: scale of the drawn fabrication errors and hidden deviations (0: ideal).
@@ -95,14 +94,7 @@ class SimulatedBench:
             raise ValueError(f"design_psfs: expected C = 1 (mono) or 3 (RGB), got {n_c}")
         if len(image_hw) != 2 or min(image_hw) < 1:
             raise ValueError(f"image_hw: expected (H, W) positive, got {image_hw!r}")
-        if rows is None and cols is None:
-            rows, cols = _grid_for(n_k)
-        elif rows is None:
-            rows = math.ceil(n_k / cols)
-        elif cols is None:
-            cols = math.ceil(n_k / rows)
-        if rows * cols < n_k:
-            raise ValueError(f"rows*cols = {rows * cols} tiles cannot hold K = {n_k} kernels")
+        rows, cols = tile_grid(n_k, rows, cols)
         if margin_px < 0 or gap_px < 0:
             raise ValueError("margin_px and gap_px: expected >= 0")
 
@@ -150,7 +142,7 @@ class SimulatedBench:
             extra={"seed": self.seed, "error_strength": s},
         )
         self.renderer = Renderer(self.truth)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.noise = FrameNoise(self.seed)
         self.fault_config = faults if faults is not None else FaultConfig()
         self.faults = FaultInjector(self.fault_config, self.seed)
         self.fault_rng = np.random.default_rng([self.seed, 0xFA])
@@ -195,7 +187,7 @@ class SimulatedBench:
     ) -> list[Frame]:
         """Frames for a batch of images as if each had been shown and captured.
 
-        Same display quantisation, optics, registration, noise generator, exposure and stage
+        Same display quantisation, optics, registration, per-frame noise, exposure and stage
         position as ``slm.show`` + ``camera.capture``; no transport faults, no display latency.
         Frame ids continue the camera's counter. The camera must be usable (open).
         """

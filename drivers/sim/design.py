@@ -1,4 +1,7 @@
-"""Stand-alone design PSFs for a simulated bench, from a task name and a seed.
+"""The design a simulated bench is built from: its PSFs and its tile grid, in one place.
+
+Calibration must assume exactly the design the simulator renders (same PSFs, same tile grid),
+so both read it from here (`sim_design_psfs`, `tile_grid`) instead of restating the rules.
 
 Drivers may not import the model zoo, so a bench config that names no PSF file gets a seeded,
 plausible design instead: smooth random non-negative kernels (a random field low-pass filtered
@@ -8,8 +11,15 @@ They are NOT trained kernels; they only make the sim bench self-contained.
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from drivers.errors import ConfigurationError
 
 TASK_DEFAULTS: dict[str, dict[str, object]] = {
     # channels and SLM image size per task (mirrors onnlab.models.zoo.TASKS; kept here because
@@ -41,3 +51,48 @@ def design_psfs(
     transmission = 0.3 + 0.3 * torch.rand(kernels, generator=gen)
     energy = smooth.sum(dim=(1, 2, 3), keepdim=True)
     return (smooth / energy * transmission[:, None, None, None]).to(torch.float32)
+
+
+def read_psfs(path: str | Path) -> torch.Tensor:
+    """(K, C, k, k) float32 PSFs from .npy (no pickle) or .pt (weights_only)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"design PSFs not found: {p}")
+    arr = np.load(p, allow_pickle=False) if p.suffix == ".npy" else torch.load(p, weights_only=True)
+    psfs = torch.as_tensor(arr, dtype=torch.float32)
+    if psfs.ndim != 4 or psfs.shape[2] != psfs.shape[3]:
+        raise ValueError(f"{p}: expected (K, C, k, k) PSFs, got {tuple(psfs.shape)}")
+    return psfs
+
+
+def sim_design_psfs(config: Any) -> torch.Tensor:
+    """The design PSFs of a bench config's ``sim`` section: its file, else the seeded design."""
+    d = config.sim.design
+    if not d.psfs_path:
+        return design_psfs(d.task, d.kernels, d.kernel_px, d.channels, d.seed)
+    path = config.resolve(d.psfs_path)
+    try:
+        return read_psfs(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{config.source}: sim.design.psfs_path: {exc}", operation="config"
+        ) from exc
+
+
+def tile_grid(n_kernels: int, rows: int | None = None, cols: int | None = None) -> tuple[int, int]:
+    """The rows x cols tile grid for K kernels; a missing count is derived from the other.
+
+    Default: the most square grid with rows <= cols (8 -> 2x4, 16 -> 4x4, 56 -> 7x8), which
+    keeps the sensor compact and the relay's field of view round.
+    """
+    if n_kernels < 1:
+        raise ValueError(f"n_kernels: expected >= 1, got {n_kernels}")
+    if rows is None and cols is None:
+        rows = max(1, int(math.floor(math.sqrt(n_kernels))))
+    if rows is None:
+        rows = math.ceil(n_kernels / cols)
+    elif cols is None:
+        cols = math.ceil(n_kernels / rows)
+    if rows < 1 or cols < 1 or rows * cols < n_kernels:
+        raise ValueError(f"rows*cols = {rows}x{cols} tiles cannot hold K = {n_kernels} kernels")
+    return int(rows), int(cols)

@@ -200,7 +200,9 @@ class SimCamera(_SimDevice):
         frame_id, stamp = self._next_id()
         z = bench.stage._z_m
         grey_t = torch.from_numpy(np.moveaxis(grey, -1, 0)[None].copy())
-        pixels = bench.renderer.frames_dn(grey_t, z, self._exposure_s, bench.generator)[0]
+        key = bench.noise.key(grey_t[0], pattern_id, self._exposure_s, z)
+        pixels = bench.renderer.frames_dn(grey_t, z, self._exposure_s, [bench.noise.generator(key)])
+        pixels = pixels[0]
         flags = set()
         if fired["camera.incomplete"]:
             cut = int(bench.fault_rng.integers(1, pixels.shape[0]))
@@ -214,6 +216,7 @@ class SimCamera(_SimDevice):
                 )
         if pixels.max(initial=0) >= bench.truth.sensor.max_dn:
             flags.add(FLAG_SATURATED)
+        bench.noise.delivered(key)  # only now: an undelivered frame leaves the count alone
         self._stats["delivered"] += 1
         return Frame(
             pixels=pixels,
@@ -227,10 +230,15 @@ class SimCamera(_SimDevice):
         )
 
     def _render_batch(self, grey: torch.Tensor, pattern_ids: list[PatternId | None]) -> list[Frame]:
-        """Bench.render fast path: same model and noise stream, no transport faults."""
+        """Bench.render fast path: same model and per-frame noise, no transport faults."""
         bench = self._bench
         z = bench.stage._z_m
-        pixels = bench.renderer.frames_dn(grey, z, self._exposure_s, bench.generator)
+        generators = []
+        for i in range(grey.shape[0]):  # in order: repeats within the batch count up
+            key = bench.noise.key(grey[i], pattern_ids[i], self._exposure_s, z)
+            generators.append(bench.noise.generator(key))
+            bench.noise.delivered(key)
+        pixels = bench.renderer.frames_dn(grey, z, self._exposure_s, generators)
         frames = []
         max_dn = bench.truth.sensor.max_dn
         for i in range(pixels.shape[0]):

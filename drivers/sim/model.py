@@ -41,14 +41,15 @@ contract. For a batch of displayed grey levels ``g`` (B, C, H, W), integers 0..2
 7. Sensor (`onnlab.optics.SensorModel`): ``electrons = S * full_scale_e * exposure_s`` (S the
    registered canvas), then Poisson shot noise, full-well clamp, Gaussian read noise,
    ``DN = e * gain_dn_per_e + offset_dn``, rounding and ADC clamp to ``2**bit_depth - 1``.
-   Frames are uint16 (uint8 when bit_depth <= 8).
+   Frames are uint16 (uint8 when bit_depth <= 8). Each frame's noise comes from its own
+   generator, a pure function of what is displayed (`drivers.sim.noise`).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -303,13 +304,25 @@ class Renderer:
 
     @torch.no_grad()
     def frames_dn(
-        self, grey: torch.Tensor, z_m: float, exposure_s: float, generator: torch.Generator
+        self,
+        grey: torch.Tensor,
+        z_m: float,
+        exposure_s: float,
+        generators: Sequence[torch.Generator],
     ) -> np.ndarray:
-        """Noisy digital frames (B, Hs, Ws) as uint16 (uint8 for <= 8-bit sensors)."""
+        """Noisy digital frames (B, Hs, Ws) as uint16 (uint8 for <= 8-bit sensors).
+
+        One generator per frame (see `drivers.sim.noise`), so a frame's noise does not depend
+        on which frames were rendered before it or in the same batch.
+        """
+        if len(generators) != grey.shape[0]:
+            raise ValueError(f"generators: expected {grey.shape[0]}, got {len(generators)}")
         sensor = self.truth.sensor
         hs, ws = self.truth.layout.sensor_hw
         with _few_threads(grey.shape[0] * hs * ws):
-            dn = sensor.apply(sensor.to_electrons(self.signal(grey, z_m), exposure_s), generator)
+            electrons = sensor.to_electrons(self.signal(grey, z_m), exposure_s)
+            pairs = zip(electrons, generators, strict=True)
+            dn = torch.cat([sensor.apply(e[None], g) for e, g in pairs])
             arr = torch.round(dn).clamp(0, sensor.max_dn).numpy()
         dtype = np.uint8 if sensor.bit_depth <= 8 else np.uint16
         return arr.astype(dtype)

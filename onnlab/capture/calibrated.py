@@ -106,6 +106,7 @@ def calibrate_sim_bench(
     electrons_per_unit: float | None = None,
     bench_config_hash: str,
     quick: bool = False,
+    options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> FeatureExtractor:
     """Run the full calibration on a simulated bench through its device twins only.
@@ -139,10 +140,10 @@ def calibrate_sim_bench(
             d.device_id: device_record(d) for d in (bench.slm, bench.camera, bench.stage)
         },
     )
-    options = CalibrationOptions.quick() if quick else CalibrationOptions()
-    run = run_calibration(
-        setup, options=options, progress=_progress_printer() if progress else None
-    )
+    base = CalibrationOptions.quick() if quick else CalibrationOptions()
+    # validated: an unknown or bad field is refused (extra="forbid"), not silently ignored
+    opts = CalibrationOptions.model_validate({**base.model_dump(), **(options or {})})
+    run = run_calibration(setup, options=opts, progress=_progress_printer() if progress else None)
     run.artifact.save(path)
     return load_extractor(path, bench_config=bench_config_hash, design=design)
 

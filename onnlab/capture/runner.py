@@ -57,10 +57,13 @@ class RetryPolicy:
 @dataclass
 class ExposurePolicy:
     """Auto-exposure target: the brightest probe frame should peak at `target_peak` of full
-    scale; anything from `min_peak` up to (but excluding) saturation is accepted as is."""
+    scale; anything from `min_peak` to `max_peak` is accepted as is. `max_peak` < 1 keeps
+    headroom: the probes are a few images, and a brighter unprobed image plus shot noise
+    must not clip (a probe peaking at 99 % of full scale is "unsaturated" but useless)."""
 
     target_peak: float = 0.7
     min_peak: float = 0.25
+    max_peak: float = 0.85
     max_saturated_fraction: float = 0.0
     max_iterations: int = 8
     n_probe: int = 8
@@ -135,13 +138,14 @@ def auto_exposure(
             frames.append(grab(pattern, f"exposure-probe-{k}"))
         peak, saturated = _peak_stats(frames, max_dn)
         too_bright = saturated > policy.max_saturated_fraction
-        if not too_bright and peak >= policy.min_peak:
+        if not too_bright and policy.min_peak <= peak <= policy.max_peak:
             return ExposureReport(exposure, peak, saturated, iteration, exposure != first, True)
         wanted = exposure * 0.5 if too_bright else exposure * policy.target_peak / max(peak, 1e-3)
         wanted = float(np.clip(wanted, lo, hi))
         if wanted == exposure:  # pinned at a bound: report, let the caller decide
             break
         exposure = camera.set_exposure(wanted, timeout_s=timeout_s)
+    # pinned at a bound: unsaturated and bright enough still passes (headroom is a wish)
     ok = saturated <= policy.max_saturated_fraction and peak >= policy.min_peak
     return ExposureReport(exposure, peak, saturated, policy.max_iterations, exposure != first, ok)
 

@@ -78,9 +78,14 @@ class CaptureSpec(_Strict):
 
 
 class CalibrationSpec(_Strict):
-    """How thoroughly the fabricated bench is calibrated (quick: fewer frames, ~2x faster)."""
+    """How thoroughly the fabricated bench is calibrated (quick: fewer frames, ~2x faster).
+
+    `options` override single `calibration.runner.CalibrationOptions` fields (e.g.
+    ``psf_patterns``) on top of the quick/full defaults, for seconds-long test benches.
+    """
 
     quick: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class FinetuneSpec(_Strict):

@@ -27,6 +27,28 @@ def _load(path: Path, task: str, role: str) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
+def _load_existing(
+    checkpoint: str | Path | None, run_dir: Path, task: str, role: str
+) -> tuple[nn.Module, dict[str, Any]] | None:
+    """An explicit checkpoint, else the run dir's cached `ROLE/model.pt`, else None (train).
+
+    Returns the model in eval mode and its provenance (`source`, plus the training `method`
+    for students), one rule for teacher and student so a rerun reuses both the same way.
+    """
+    cached = run_dir / role / "model.pt"
+    if checkpoint is not None:
+        path, source = Path(checkpoint), str(checkpoint)
+    elif cached.is_file():
+        path, source = cached, f"cache {cached}"
+    else:
+        return None
+    model, meta = _load(path, task, role)
+    info: dict[str, Any] = {"source": source}
+    if role == "student":
+        info["method"] = meta.get("method", "?")
+    return model.eval(), info
+
+
 def ntkd_available() -> bool:
     """NTKD needs `onnlab.distill.objective`; without it students fall back to KD."""
     try:
@@ -52,13 +74,9 @@ def get_teacher(
     from onnlab.training.losses import TaskLoss
 
     task = cfg.task
-    if checkpoint is not None:
-        model, _ = _load(Path(checkpoint), task, "teacher")
-        return model.eval(), {"source": str(checkpoint)}
-    cached = run_dir / "teacher" / "model.pt"
-    if cached.is_file():
-        model, _ = _load(cached, task, "teacher")
-        return model.eval(), {"source": f"cache {cached}"}
+    existing = _load_existing(checkpoint, run_dir, task, "teacher")
+    if existing is not None:
+        return existing
     config = train_config(task, "teacher", cfg.teacher.train, str(cfg.source), seed=seed)
     config = config.model_copy(update={"progress": progress})
     seed_everything(seed)
@@ -84,13 +102,9 @@ def get_student(
     from onnlab.training.losses import make_loss
 
     task = cfg.task
-    if checkpoint is not None:
-        model, meta = _load(Path(checkpoint), task, "student")
-        return model.eval(), {"source": str(checkpoint), "method": meta.get("method", "?")}
-    cached = run_dir / "student" / "model.pt"
-    if cached.is_file():
-        model, meta = _load(cached, task, "student")
-        return model.eval(), {"source": f"cache {cached}", "method": meta.get("method", "?")}
+    existing = _load_existing(checkpoint, run_dir, task, "student")
+    if existing is not None:
+        return existing
     method, note = cfg.student.method, ""
     if method == "ntkd" and not ntkd_available():
         method, note = "kd", "NTKD unavailable (onnlab.distill.objective missing): used KD"

@@ -55,14 +55,10 @@ def load_data(cfg: ExperimentConfig, data_root: str | None, seed: int) -> dict[s
 
 def tile_layout(n_kernels: int, bench_options: dict[str, Any]) -> dict[str, int]:
     """The designed tile grid on the sensor (design knowledge shared by bench and calibration)."""
-    from calibration.setup import default_grid
+    from drivers.sim.design import tile_grid
 
-    rows, cols = default_grid(n_kernels)
-    return {
-        "rows": int(bench_options.get("rows", rows)),
-        "cols": int(bench_options.get("cols", cols)),
-        "gap_px": int(bench_options.get("gap_px", 4)),
-    }
+    rows, cols = tile_grid(n_kernels, bench_options.get("rows"), bench_options.get("cols"))
+    return {"rows": rows, "cols": cols, "gap_px": int(bench_options.get("gap_px", 4))}
 
 
 def fabricate(model: Any, cfg: ExperimentConfig, fabrication_seed: int) -> tuple[Any, dict]:
@@ -143,6 +139,7 @@ def run_one_fabrication(
             artifact,
             **layout,
             quick=cfg.calibration.quick,
+            options=cfg.calibration.options,
             bench_config_hash=bench_hash,
             electrons_per_unit=SensorModel(**cfg.fabrication.sensor).full_scale_e,
             progress=opts.progress,

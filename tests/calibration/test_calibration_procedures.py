@@ -112,9 +112,12 @@ def test_defocused_setup_is_refused() -> None:
 
 
 def test_focus_outside_the_search_range_is_refused() -> None:
+    # Focus 0.5 mm below the start, the sweep covers +-0.4 mm: the sharpest sample is the
+    # near edge (blur 2 px there, 14 px = the simulator's cap at the far end). Much farther
+    # away every sample sits at the cap, sharpness is flat and only noise would pick a side.
     bench, ctx = small_context(seed=2)
     measure_camera_noise(ctx, n_frames=6)
-    bench.stage.move_absolute(bench.truth.focus.z_focus_m + 2e-3)
+    bench.stage.move_absolute(bench.truth.focus.z_focus_m + 0.5e-3)
     with pytest.raises(CalibrationError, match="edge of the searched range"):
         measure_focus(ctx, passes=1, points_per_pass=7)
 
@@ -147,4 +150,6 @@ def test_colour_psfs_are_separated_per_channel() -> None:
     true = true_effective_psfs(bench)
     per_channel = (res.psfs.double() - true).norm(dim=(2, 3)) / true.norm(dim=(2, 3))
     assert res.psfs.shape == (2, 3, 7, 7)
-    assert float(per_channel.max()) < 0.03, per_channel
+    # Noise-limited at 96 patterns: 0.027-0.049 over 12 noise realisations (channel
+    # cross-talk, the failure this guards against, gives errors of order 1).
+    assert float(per_channel.max()) < 0.06, per_channel

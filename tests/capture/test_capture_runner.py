@@ -23,7 +23,9 @@ from onnlab.errors import CaptureError
 from onnlab.optics import SensorModel
 
 REPO = Path(__file__).resolve().parents[2]
-NOISELESS = {"poisson": False, "read_noise": False}
+# Shot + read noise ON everywhere: the simulated sensor's noise is a pure function of what is
+# shown (drivers.sim.noise), so "identical frames" below includes the noise.
+NOISY = {"poisson": True, "read_noise": True, "read_noise_e": 3.0}
 
 
 def _dataset(n: int = 60, seed: int = 0) -> ArrayDataset:
@@ -38,24 +40,45 @@ def _bench(faults: dict | None = None, **kw) -> SimulatedBench:
         (28, 28),
         seed=3,
         faults=FaultConfig(p=faults or {}),
-        sensor=SensorModel(**NOISELESS),
+        sensor=SensorModel(**NOISY),
         **kw,
     )
 
 
-def _capture(path: Path, bench: SimulatedBench, data: ArrayDataset, requested, **kw):
+def _capture(
+    path: Path,
+    bench: SimulatedBench,
+    data: ArrayDataset,
+    requested,
+    *,
+    slm=None,
+    camera=None,
+    **kw,
+):
     kw.setdefault("retry", RetryPolicy(backoff_s=0.0))
     return capture_dataset(
         path,
         data,
         requested,
-        bench.slm,
-        bench.camera,
+        slm or bench.slm,
+        camera or bench.camera,
         meta={"dataset": "synthetic"},
         progress=False,
         chunk_size=7,
         **kw,
     )
+
+
+def _assert_noisy(bench: SimulatedBench, frames: np.ndarray, images: np.ndarray) -> None:
+    """The frames carry the sensor's noise (else "identical" would prove nothing about the
+    seeding): their scatter about the noise-free mean matches the sensor model's variance."""
+    mean = bench.expected_dn(images).double()
+    sensor = bench.truth.sensor
+    var = sensor.variance_dn((mean - sensor.offset_dn) / sensor.gain).numpy()
+    resid = frames.astype(np.float64) - mean.numpy()
+    lit = mean.numpy() > 0.2 * float(mean.max())
+    ratio = float((resid[lit] ** 2).mean() / var[lit].mean())
+    assert var[lit].mean() > 4.0 and 0.8 < ratio < 1.25, ratio
 
 
 def test_select_indices_is_seeded_sorted_and_sized() -> None:
@@ -124,56 +147,73 @@ def test_exposure_check_pulls_a_saturated_camera_into_range(tmp_path: Path) -> N
     assert np.allclose(frames.provenance["exposure_s"], report["exposure_s"])
 
 
-class _InterruptingCamera:
-    """Proxy that raises KeyboardInterrupt (a Ctrl-C) at the n-th capture."""
+class _CtrlC:
+    """Proxy raising KeyboardInterrupt (a Ctrl-C) at the n-th call of `show` or `capture`
+    (the countdown is shared by the SLM and camera proxies, so it lands on either)."""
 
-    def __init__(self, camera, n: int) -> None:
-        self._camera, self._n = camera, n
+    def __init__(self, device, countdown: list[int]) -> None:
+        self._device, self._countdown = device, countdown
 
     def __getattr__(self, name):
-        return getattr(self._camera, name)
+        return getattr(self._device, name)
+
+    def _tick(self) -> None:
+        self._countdown[0] -= 1
+        if self._countdown[0] < 0:
+            raise KeyboardInterrupt
+
+    def show(self, *a, **k):
+        self._tick()
+        return self._device.show(*a, **k)
 
     def capture(self, *a, **k):
-        self._n -= 1
-        if self._n < 0:
-            raise KeyboardInterrupt
-        return self._camera.capture(*a, **k)
+        self._tick()
+        return self._device.capture(*a, **k)
 
 
-def test_ctrl_c_at_random_frames_then_resume(tmp_path: Path) -> None:
+def test_ctrl_c_at_random_points_then_resume_with_noise(tmp_path: Path) -> None:
+    """Ctrl-C at random show/capture calls (with transport faults and retries in play),
+    resumed on a fresh bench (a new process) or on the same one; the store then holds each
+    index once with noisy frames bit-identical to an uninterrupted capture."""
     data = _dataset(40)
     path, requested = tmp_path / "run.h5", data.indices.numpy()
+    faults = {"camera.incomplete": 0.1, "camera.timeout": 0.05, "slm.latency": 0.05}
     rng = np.random.default_rng(2)
     committed = 0
-    for _ in range(4):
-        bench = _bench()
-        camera = _InterruptingCamera(bench.camera, int(rng.integers(1, 12)))
+    bench = _bench(faults)
+    for round_ in range(5):
+        if round_ % 2 == 0:
+            bench = _bench(faults)  # a restarted process; odd rounds resume in-process
+        countdown = [int(rng.integers(1, 24))]
         with pytest.raises(KeyboardInterrupt):
-            capture_dataset(
+            _capture(
                 path,
+                bench,
                 data,
                 requested,
-                bench.slm,
-                camera,
-                meta={"dataset": "synthetic"},
-                progress=False,
-                chunk_size=7,
+                slm=_CtrlC(bench.slm, countdown),
+                camera=_CtrlC(bench.camera, countdown),
             )
         with CaptureStore.read(path) as s:
             assert s.n_committed >= committed  # never loses what was committed
             committed = s.n_committed
-    summary = _capture(path, _bench(), data, requested)
+    assert 0 < committed < 40
+    summary = _capture(path, _bench(faults), data, requested)
     assert summary.skipped == committed and summary.captured == 40 - committed
     reference = tmp_path / "ref.h5"
-    _capture(reference, _bench(), data, requested)
+    _capture(reference, _bench(), data, requested)  # fault-free, uninterrupted
     with CaptureStore.read(path) as s, CaptureStore.read(reference) as r:
-        np.testing.assert_array_equal(s.load().indices, requested)
-        np.testing.assert_array_equal(s.load().data, r.load().data)
+        got, ref = s.load(), r.load()
+    assert len(np.unique(got.indices)) == len(got.indices) == 40  # each index exactly once
+    np.testing.assert_array_equal(got.indices, requested)
+    np.testing.assert_array_equal(got.data, ref.data)  # noisy frames, bit-identical
+    np.testing.assert_array_equal(got.targets, ref.targets)
+    _assert_noisy(_bench(), got.data, data.images)
 
 
 def _bench_yaml(tmp_path: Path) -> Path:
     config = yaml.safe_load((REPO / "configs" / "bench" / "sim.yaml").read_text())
-    config["sim"]["sensor"].update(NOISELESS)
+    config["sim"]["sensor"].update(NOISY)
     config["sim"]["faults"] = {"p": {"camera.timeout": 0.03, "camera.incomplete": 0.03}}
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(config))

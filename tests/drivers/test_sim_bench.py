@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from drivers.sim import DisplayResponse, Focus, Registration, SimulatedBench, design_psfs
+from drivers.errors import FrameIncomplete
+from drivers.sim import (
+    DisplayResponse,
+    FaultConfig,
+    Focus,
+    Registration,
+    SimulatedBench,
+    design_psfs,
+)
 from onnlab.optics import SensorModel, cut_tiles, optical_conv2d
 
 NOISELESS = SensorModel(
@@ -156,6 +164,43 @@ def test_frames_own_their_pixels_and_seed_is_deterministic() -> None:
     other = SimulatedBench(psfs, (28, 28), seed=10)
     assert other.truth.display.gamma != a.truth.display.gamma
     assert not torch.equal(other.truth.gain, a.truth.gain)
+
+
+def test_noise_is_a_pure_function_of_what_is_shown() -> None:
+    """Per-frame noise: history (other frames, faults, batching) never changes a frame."""
+    psfs = design_psfs("mnist", 8, 7, seed=6)
+    rng = np.random.default_rng(3)
+    imgs = (rng.random((3, 28, 28)) * 255).astype(np.uint8)
+
+    def grab(bench: SimulatedBench, i: int, **kw) -> np.ndarray:
+        bench.slm.show(imgs[i], pattern_id=i)
+        return bench.camera.capture(**kw).pixels
+
+    a = SimulatedBench(psfs, (28, 28), seed=9)
+    first = [grab(a, i) for i in range(3)]
+    # a fresh bench that saw other frames first and lost one to a fault (a resumed capture)
+    b = SimulatedBench(
+        psfs, (28, 28), seed=9, faults=FaultConfig(schedule={"camera.incomplete": [1]})
+    )
+    assert np.array_equal(grab(b, 2), first[2])
+    with pytest.raises(FrameIncomplete):
+        grab(b, 0)
+    assert np.array_equal(grab(b, 0), first[0])  # the undelivered frame did not count
+    # a repeat of the same pattern is a new, independent draw (calibration averages them)
+    again = grab(a, 0)
+    mean = a.expected_dn(imgs[:1, None])[0].numpy()
+    lit = mean > 200
+    assert not np.array_equal(again, first[0])
+    r = np.corrcoef((again - mean)[lit], (first[0] - mean)[lit].astype(float))[0, 1]
+    assert abs(r) < 0.1
+    # the batched path follows the same rule: same frames as show + capture
+    batch = SimulatedBench(psfs, (28, 28), seed=9).render(imgs[:, None], pattern_ids=[0, 1, 2])
+    for f, ref in zip(batch, first, strict=True):
+        assert np.array_equal(f.pixels, ref)
+    # the same pattern under another id gets other noise
+    c = SimulatedBench(psfs, (28, 28), seed=9)
+    c.slm.show(imgs[0], pattern_id="other")
+    assert not np.array_equal(c.camera.capture().pixels, first[0])
 
 
 def test_per_frame_capture_takes_milliseconds() -> None:
