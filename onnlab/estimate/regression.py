@@ -49,6 +49,20 @@ def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels.long(), n_classes).to(torch.float64)
 
 
+def _ridge_coefficients(
+    evals: torch.Tensor, proj: torch.Tensor, lambdas: tuple[float, ...], scale: float
+) -> torch.Tensor:
+    """(m, c * L): ``proj / (evals + lam * scale)`` for every lam, lambda-major columns."""
+    return torch.cat([proj / (evals + lam * scale)[:, None] for lam in lambdas], dim=1)
+
+
+def _split_lambdas(
+    out: torch.Tensor, mean: torch.Tensor, lambdas: tuple[float, ...]
+) -> dict[float, torch.Tensor]:
+    c = mean.shape[1]
+    return {lam: out[:, i * c : (i + 1) * c] + mean for i, lam in enumerate(lambdas)}
+
+
 def kernel_ridge(
     gram_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -57,7 +71,12 @@ def kernel_ridge(
     *,
     relative: bool = True,
 ) -> dict[float, torch.Tensor]:
-    """Predictions ``gram_eval (gram_train + lam I)^-1 Y`` for every lam, one eigh for all."""
+    """Predictions ``gram_eval (gram_train + lam I)^-1 Y`` for every lam, one eigh for all.
+
+    The dual coefficients of all lambdas are formed in the training eigenbasis first, so the
+    (m, n) evaluation kernel is multiplied once by an (n, c * L) matrix rather than rotated
+    into the eigenbasis (m n^2).
+    """
     g = gram_train.to(torch.float64)
     y = y_train.to(torch.float64)
     y = y[:, None] if y.ndim == 1 else y
@@ -65,9 +84,62 @@ def kernel_ridge(
     evals, evecs = torch.linalg.eigh(0.5 * (g + g.T))
     evals = evals.clamp_min(0.0)
     scale = float(torch.diagonal(g).mean()) if relative else 1.0
-    proj = evecs.T @ (y - mean)
-    left = gram_eval.to(torch.float64) @ evecs
-    return {lam: left @ (proj / (evals + lam * scale)[:, None]) + mean for lam in lambdas}
+    lambdas = tuple(lambdas)
+    alpha = evecs @ _ridge_coefficients(evals, evecs.T @ (y - mean), lambdas, scale)
+    return _split_lambdas(gram_eval.to(torch.float64) @ alpha, mean, lambdas)
+
+
+@dataclass
+class LinearRidge:
+    """Ridge regression on explicit features, fitted for a whole grid of lambdas at once.
+
+    ``weights`` (D, c * L) holds one readout per lambda: the predictions of every lambda on a
+    chunk of evaluation features cost one (B, D) x (D, c * L) product.
+    """
+
+    weights: torch.Tensor
+    mean: torch.Tensor
+    lambdas: tuple[float, ...]
+
+    def predict(
+        self, phi: torch.Tensor, lambdas: tuple[float, ...] | None = None
+    ) -> dict[float, torch.Tensor]:
+        """{lam: (B, c) predictions}; `lambdas` restricts the work to some of the grid (the
+        test split only ever needs the one chosen on validation)."""
+        if lambdas is None:
+            return _split_lambdas(phi.to(torch.float64) @ self.weights, self.mean, self.lambdas)
+        c = self.mean.shape[1]
+        cols = [self.weights[:, i * c : (i + 1) * c] for i in map(self.lambdas.index, lambdas)]
+        return _split_lambdas(phi.to(torch.float64) @ torch.cat(cols, 1), self.mean, lambdas)
+
+
+def fit_linear_ridge(
+    phi_train: torch.Tensor, y_train: torch.Tensor, lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+) -> LinearRidge:
+    """`kernel_ridge` for the kernel ``phi phi'^T`` of explicit (n, D) features.
+
+    Solved in whichever space is smaller: the primal (D x D; push-through identity
+    ``Phi_e Phi^T (Phi Phi^T + lam I)^-1 Y = Phi_e (Phi^T Phi + lam I)^-1 Phi^T Y``) or the
+    dual (n x n), with one eigendecomposition for all lambdas either way; lam is scaled by the
+    mean dual diagonal trace(Phi^T Phi) / n in both, so the two give the same predictions.
+    """
+    f = phi_train.to(torch.float64)
+    y = y_train.to(torch.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    mean = y.mean(0, keepdim=True)
+    yc = y - mean
+    lambdas = tuple(lambdas)
+    n, d = f.shape
+    gram = f.T @ f if d <= n else f @ f.T
+    evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.T))
+    evals = evals.clamp_min(0.0)
+    scale = float(torch.trace(gram)) / n
+    if d <= n:
+        weights = evecs @ _ridge_coefficients(evals, evecs.T @ (f.T @ yc), lambdas, scale)
+    else:
+        alpha = evecs @ _ridge_coefficients(evals, evecs.T @ yc, lambdas, scale)
+        weights = f.T @ alpha
+    return LinearRidge(weights, mean, lambdas)
 
 
 def feature_ridge(
@@ -76,23 +148,29 @@ def feature_ridge(
     phi_eval: torch.Tensor,
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
 ) -> dict[float, torch.Tensor]:
-    """`kernel_ridge` for the kernel ``phi phi'^T`` of explicit (n, r) features, in r dims.
+    """`kernel_ridge` for the kernel ``phi phi'^T`` of explicit features (`fit_linear_ridge`)."""
+    return fit_linear_ridge(phi_train, y_train, lambdas).predict(phi_eval)
 
-    Push-through identity: ``Phi_e Phi^T (Phi Phi^T + lam I)^-1 Y = Phi_e (Phi^T Phi + lam I)^-1
-    Phi^T Y``, so the predictions are the dual ones at r^3 instead of n^3 cost; lam is scaled by
-    the same mean dual diagonal, trace(Phi^T Phi) / n.
+
+def select_ridge(
+    preds_val: dict[float, torch.Tensor],
+    labels_val: torch.Tensor,
+    preds_test: dict[float, torch.Tensor],
+    labels_test: torch.Tensor | None,
+) -> RidgeResult:
+    """Pick lambda by validation accuracy (test labels untouched) and score it on test.
+
+    With ``labels_test=None`` only the selection is made (score = nan): the caller predicts
+    the test split at the chosen lambda alone.
     """
-    f = phi_train.to(torch.float64)
-    y = y_train.to(torch.float64)
-    y = y[:, None] if y.ndim == 1 else y
-    mean = y.mean(0, keepdim=True)
-    gram = f.T @ f
-    evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.T))
-    evals = evals.clamp_min(0.0)
-    scale = float(torch.trace(gram)) / f.shape[0]
-    proj = evecs.T @ (f.T @ (y - mean))
-    left = phi_eval.to(torch.float64) @ evecs
-    return {lam: left @ (proj / (evals + lam * scale)[:, None]) + mean for lam in lambdas}
+    val_scores = {lam: accuracy(p, labels_val) for lam, p in preds_val.items()}
+    lam = _select(val_scores)
+    if labels_test is None:
+        return RidgeResult(float("nan"), val_scores[lam], lam, val_scores)
+    test_pred = preds_test[lam]
+    return RidgeResult(
+        accuracy(test_pred, labels_test), val_scores[lam], lam, val_scores, test_pred
+    )
 
 
 def classify(
@@ -117,11 +195,11 @@ def classify(
     solve = feature_ridge if features else kernel_ridge
     preds = solve(gram_train, y, both, lambdas)
     nv = gram_val.shape[0]
-    val_scores = {lam: accuracy(p[:nv], labels_val) for lam, p in preds.items()}
-    lam = _select(val_scores)
-    test_pred = preds[lam][nv:]
-    return RidgeResult(
-        accuracy(test_pred, labels_test), val_scores[lam], lam, val_scores, test_pred
+    return select_ridge(
+        {lam: p[:nv] for lam, p in preds.items()},
+        labels_val,
+        {lam: p[nv:] for lam, p in preds.items()},
+        labels_test,
     )
 
 

@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from torch.func import jacrev, vmap
 
 from onnlab.data import load_dataset
-from onnlab.estimate.features import PatchGeometry, binned_patches, optical_gram, patch_statistics
+from onnlab.estimate.estimator import Architecture, Estimator, Split
+from onnlab.estimate.features import (
+    OpticalFeatures,
+    PatchGeometry,
+    binned_patches,
+    binned_response,
+    optical_gram,
+    patch_statistics,
+)
 from onnlab.estimate.kernels import KernelPair, backend_ntk
 from onnlab.estimate.priors import (
     PsfPrior,
@@ -45,6 +53,9 @@ def test_binned_patches_reproduce_the_optical_convolution(c, k, pool, hw):
     ref = F.avg_pool2d(optical_conv2d(x, psfs), pool)
     out = torch.einsum("kn,bnt->bkt", psfs.flatten(1), binned_patches(x, geom))
     torch.testing.assert_close(out.reshape(ref.shape), ref, rtol=1e-12, atol=1e-12)
+    # the patch-free strided-convolution route used for features gives the same numbers
+    direct = binned_response(x, psfs.flatten(1), geom)
+    torch.testing.assert_close(direct.reshape(ref.shape), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_softmax_square_mean_is_exact_for_two_entries():
@@ -84,9 +95,16 @@ def test_finite_kernel_is_the_empirical_ntk_of_the_zoo_network():
     centre, scatter = patch_statistics(x, geom)
     psfs = model.frontend.psfs().detach()
     moment = empirical_second_moment(psfs, psf_std(psfs, scatter) ** -2)
-    k0 = optical_gram(x[:8], [], factor_psd(moment, rtol=0.0), geom, centre).train
+    eigen = OpticalFeatures.from_factor(factor_psd(moment, rtol=0.0), geom, centre)
+    k0 = optical_gram(x[:8], [], eigen).train
     # standard parameterisation: Theta = C * (K * T) * K0
     torch.testing.assert_close(theta, 10 * 6 * 49 * k0, rtol=1e-8, atol=1e-8)
+    # the estimator's direct route (the PSFs' own responses, ActNorm from the training set,
+    # no patch statistics) is the same kernel
+    split = Split(x, torch.zeros(len(x), dtype=torch.long))
+    est = Estimator(Architecture("classification", 1, (28, 28), 10, 7, pool=4), split, split, split)
+    direct = est.psf_features(psfs)
+    torch.testing.assert_close(theta, 10 * 6 * 49 * optical_gram(x[:8], [], direct).train)
 
 
 def _wide_kernel(x, train, psfs, pool, actnorm):
@@ -111,7 +129,7 @@ def test_infinite_width_kernel_is_the_limit_of_wide_random_frontends(digits, nor
     else:
         moment = prior.second_moment(geom.n_psf)  # = m m^T + Cov(p): mean + covariance terms
     x = digits[:10]
-    limit = optical_gram(x, [], factor_psd(moment), geom, centre).train
+    limit = optical_gram(x, [], OpticalFeatures.from_factor(factor_psd(moment), geom, centre)).train
     errors = {}
     for width in (4, 64, 1024):
         errs = []
@@ -166,3 +184,34 @@ def test_digital_composition_is_the_limit_of_wide_mlps(digits):
     assert errors[4096] < errors[64] / 4, errors  # ~ 1/sqrt(width): 8x expected
     assert errors[4096] < 0.06, errors
     assert means[4096] < 0.04, means  # three nets averaged: an effective width of 12288
+
+
+def test_analytic_ntk_is_the_limit_of_the_autograd_ntk_of_wide_zoo_networks():
+    """The 'Done when' check, literally: `ntk_gram` (autograd) of the zoo's random-PSF network
+    at growing K against the analytic K -> infinity kernel, relative error falling with K."""
+    from onnlab.distill.ntk import ntk_gram
+    from onnlab.models.zoo import build_student
+
+    train = load_dataset("mnist", "train", limit=24).images
+    x = train[:6]
+    geom = PatchGeometry(1, (28, 28), 7, 4)
+    centre, scatter = patch_statistics(train.double(), geom)
+    moment = PsfPrior().weighted_second_moment(scatter, n_samples=1 << 17)  # zoo's init law
+    limit = optical_gram(
+        x.double(), [], OpticalFeatures.from_factor(factor_psd(moment), geom, centre)
+    ).train
+    errors = {}
+    for width in (4, 64, 1024):
+        errs = []
+        for seed in range(3):
+            torch.manual_seed(1000 * width + seed)
+            model = build_student("mnist", n_kernels=width, hidden=[], pool=4).eval()
+            with torch.no_grad():
+                model.backend.norm.initialise(model.backend.pool(model.frontend(train)))
+            theta = ntk_gram(model, x, params=[model.backend.head[-1].weight]).double()
+            emp = theta / (10 * width * geom.n_cells)  # standard parameterisation: C K T K0
+            errs.append(float((emp - limit).norm() / limit.norm()))
+        errors[width] = sum(errs) / len(errs)
+    assert errors[64] < errors[4] / 2.5, errors  # ~ 1/sqrt(K): 4x per 16x more kernels
+    assert errors[1024] < errors[64] / 2.5, errors
+    assert errors[1024] < 0.003, errors

@@ -61,3 +61,14 @@ def test_impossible_constraints_raise_value_error_naming_the_parameter(args, kwa
     task = "cifar10" if "wavelengths_m" in kwargs else "mnist"
     with pytest.raises(ValueError, match=name):
         design_network(task, *args, **kwargs)
+
+
+def test_kernel_larger_than_the_aperture_says_why_nothing_fits():
+    # 2 mm kernels in a 1 mm aperture: Eq. 1 gives floor(1.1 / 2.1) = 0 rows
+    with pytest.raises(ValueError, match="no kernel fits") as info:
+        design_network("mnist", (1.0 * MM, 3.0 * MM), 2.0 * MM, 0.1 * MM)
+    message = str(info.value).lower()
+    assert "kernel_size_m" in message and "aperture" in message
+    # one row fits but the spacing pushes the second column out: 1 x 1, not an error
+    d = design_network("mnist", (1.0 * MM, 1.9 * MM), 1.0 * MM, 0.2 * MM)
+    assert (d.layout.rows, d.layout.cols) == (1, 1)

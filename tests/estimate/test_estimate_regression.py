@@ -6,7 +6,7 @@ import torch
 
 from onnlab.data import load_dataset
 from onnlab.estimate.estimator import Architecture, Estimator, Split
-from onnlab.estimate.regression import IoUCounter, feature_ridge, kernel_ridge
+from onnlab.estimate.regression import IoUCounter, feature_ridge, fit_linear_ridge, kernel_ridge
 
 
 def test_kernel_regression_recovers_a_linear_target_exactly():
@@ -25,6 +25,28 @@ def test_kernel_regression_recovers_a_linear_target_exactly():
     # a real ridge shrinks: the fit is no longer exact, and both solvers agree on it
     assert (dual[1.0] - yt).abs().max() > 1e-3
     torch.testing.assert_close(dual[1.0], primal[1.0], rtol=1e-9, atol=1e-9)
+
+
+def test_primal_and_dual_feature_solvers_equal_the_kernel_solver():
+    """More features than samples (dual) and fewer (primal): one prediction per lambda."""
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    for dim in (15, 90):
+        phi = torch.randn(40, dim, generator=gen, dtype=torch.float64)
+        phi_eval = torch.randn(7, dim, generator=gen, dtype=torch.float64)
+        lambdas = (1e-3, 0.1, 10.0)
+        ref = kernel_ridge(phi @ phi.T, y, phi_eval @ phi.T, lambdas)
+        fit = fit_linear_ridge(phi, y, lambdas)
+        assert fit.weights.shape == (dim, 2 * len(lambdas))
+        for lam, pred in fit.predict(phi_eval).items():
+            torch.testing.assert_close(pred, ref[lam], rtol=1e-8, atol=1e-10)
+        # and the ridge really is (G + lam * mean diag G I)^-1: solve it directly
+        g = phi @ phi.T
+        scale = float(torch.diagonal(g).mean())
+        direct = phi_eval @ phi.T @ torch.linalg.solve(
+            g + 0.1 * scale * torch.eye(40, dtype=torch.float64), y - y.mean(0)
+        ) + y.mean(0)
+        torch.testing.assert_close(ref[0.1], direct, rtol=1e-8, atol=1e-10)
 
 
 def _mnist(n_train=150, n_val=60, n_test=100):
