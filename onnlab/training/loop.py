@@ -180,6 +180,13 @@ def train(
         start_epoch = int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
 
+    prepare = getattr(loss, "prepare", None)
+    if callable(prepare):  # e.g. NTKD anchor batches: exact teacher Grams computed once
+        t_prep = time.perf_counter()
+        step0 = start_epoch * steps_per_epoch  # per-step state resumes where it stopped
+        prepare(train_set, device, config.seed, batch_size=bs, step=step0)
+        history["prepare_time_s"] = time.perf_counter() - t_prep
+
     metric = history["metric"]
     with _progress(config.progress) as bar:
         for epoch in range(start_epoch, config.epochs):

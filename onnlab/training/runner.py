@@ -145,6 +145,7 @@ def train_students(
             "test": test,
             "val": history["final"].get("val", {}),
             "train_time_s": history["train_time_s"],
+            "prepare_time_s": history.get("prepare_time_s", 0.0),
             "checkpoint": str(seed_dir / "model.pt"),
         }
         write_json(done, result)
@@ -157,6 +158,7 @@ def train_students(
         "teacher": str(teacher_path) if teacher is not None else None,
         "test": summarise([r["test"][metric] for r in per_seed]),
         "train_time_s": summarise([r["train_time_s"] for r in per_seed]),
+        "prepare_time_s": summarise([r.get("prepare_time_s", 0.0) for r in per_seed]),
         "runs": per_seed,
     }
     write_json(run_dir / "summary.json", summary)

@@ -58,7 +58,15 @@ def test_total_is_weighted_sum_and_kd_is_reused() -> None:
 
     model, teacher = ToyHybrid(), ToyCNN()
     batch = _batch()
-    objective = NTKDObjective(teacher, "mnist", alpha=0.7, beta=2.0, kd_weight=0.5)
+    objective = NTKDObjective(
+        teacher,
+        "mnist",
+        alpha=0.7,
+        beta=2.0,
+        kd_weight=0.5,
+        teacher_estimator="output",
+        teacher_size=1,
+    )
     loss, logs = objective(model, batch)
     assert float(loss) == pytest.approx(0.7 * logs["task"] + 2.0 * logs["ntkd"] + 0.5 * logs["kd"])
     _, kd_logs = KDLoss(teacher, "mnist")(model, batch)  # same KD definition as the KD baseline
@@ -90,7 +98,9 @@ def test_backend_only_mode_leaves_frontend_untouched() -> None:
     batch = _batch()
     before = {k: v.clone() for k, v in model.frontend.state_dict().items()}
     features = model.features(batch["x"]).detach()
-    objective = NTKDObjective(teacher, "mnist", kd_weight=1.0)
+    objective = NTKDObjective(
+        teacher, "mnist", kd_weight=1.0, teacher_estimator="output", teacher_size=1
+    )
     opt = torch.optim.SGD(model.backend.parameters(), lr=0.1)
     loss, _ = objective(model.backend, {"x": features, "y": batch["y"], "x_teacher": batch["x"]})
     loss.backward()
@@ -123,7 +133,9 @@ def test_batchnorm_student_task_loss_in_train_mode() -> None:
     reference.load_state_dict(student.state_dict())
     student.train()
     reference.train()
-    objective = NTKDObjective(teacher, "mnist", beta=1.0)
+    objective = NTKDObjective(
+        teacher, "mnist", beta=1.0, teacher_estimator="output", teacher_size=1
+    )
     _, logs = objective(student, batch)
     expected = nn.functional.cross_entropy(reference(batch["x"]), batch["y"])
     assert logs["task"] == pytest.approx(float(expected), rel=1e-5)

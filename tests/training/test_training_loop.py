@@ -208,3 +208,30 @@ def test_cli_teacher_then_kd_student_then_evaluate(tmp_path, capsys, monkeypatch
         main(["train", "--task", "mnist", "--method", "kd", *common])
     assert exit_info.value.code == 2
     assert "teacher train" in capsys.readouterr().err
+
+
+def test_resume_continues_the_ntkd_anchor_cycle(mnist_small, tmp_path):
+    """The loop builds the anchor pool (prepare) and a resumed NTKD run continues the anchor
+    cycle where it stopped, so it ends where an uninterrupted run does."""
+    train_set = mnist_small[0].subset(range(96))
+    cfg = _config(batch_size=32)
+    teacher = build_teacher("mnist")
+
+    def loss():
+        return make_loss("ntkd", "mnist", teacher, ntk_batch=8, anchors=5)
+
+    ref = build_student("mnist")
+    init = {k: v.clone() for k, v in ref.state_dict().items()}
+    history = train(ref, train_set, None, cfg, loss(), tmp_path / "ref")
+    assert history["prepare_time_s"] > 0
+    part = build_student("mnist")
+    part.load_state_dict(init)
+    with pytest.raises(Interrupt):  # 3 steps per epoch: stop in the middle of epoch 2
+        inner = loss()
+        stopping = _interrupting(inner, 4)
+        stopping.prepare = inner.prepare  # the wrapper must expose the setup hook too
+        train(part, train_set, None, cfg, stopping, tmp_path / "r")
+    resumed = build_student("mnist")
+    train(resumed, train_set, None, cfg, loss(), tmp_path / "r")
+    for key, value in ref.state_dict().items():
+        assert torch.allclose(value, resumed.state_dict()[key], atol=1e-5), key

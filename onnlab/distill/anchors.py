@@ -1,0 +1,130 @@
+"""Anchor batches: a fixed pool of training samples with cached EXACT teacher Grams.
+
+Why: the teacher is frozen, so its exact NTK Gram on a fixed batch never changes.  Computing it
+every step costs several KD steps (C = 10 backward directions through the teacher); a one-random-
+direction sketch is cheap but ~25 % wrong per step.  An anchor pool pays the exact Gram once, at
+setup, for ``count`` disjoint batches of ``batch`` samples; each training step then only runs
+the student on the next anchor batch (a seeded, reshuffled cycle over the pool), so a step does no
+teacher work at all and its teacher Gram is exact.
+
+Student and teacher inputs come from the same dataset fields the training loop uses:
+``dataset.images`` for the student (raw images for a hybrid, captured feature maps in
+backend-only compensation) and ``dataset.teacher_images`` (falling back to ``images``) for the
+teacher.  Anchor samples are not augmented: they are fixed points at which the kernels are
+compared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from onnlab.distill.ntk import ntk_gram
+
+DEFAULT_ANCHORS = 64
+
+
+def select_anchors(n_samples: int, batch: int, count: int, seed: int) -> Tensor:
+    """(count', batch) int64 indices of disjoint anchor batches, seeded.
+
+    ``count' = min(count, n_samples // batch)``: a small training set (e.g. a 10 % capture for
+    post-fabrication compensation) gets as many full disjoint batches as it holds.
+    """
+    if batch < 2:
+        raise ValueError(f"batch must be >= 2, got {batch}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    usable = min(count, n_samples // batch)
+    if usable < 1:
+        raise ValueError(
+            f"the training set has {n_samples} samples, fewer than one anchor batch of {batch}"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_samples, generator=gen)[: usable * batch].view(usable, batch)
+
+
+class AnchorPool:
+    """Anchor samples for the student, their exact teacher Grams, and a seeded cycle over them.
+
+    Built by :meth:`build`; :meth:`next` returns the student input and teacher Gram of the next
+    anchor batch.  The cycle visits every anchor once per round in a fresh seeded order.
+    """
+
+    def __init__(self, indices: Tensor, x_student: Tensor, grams: Tensor, seed: int) -> None:
+        self.indices, self.x_student, self.grams = indices, x_student, grams
+        self.seed = seed
+        self.setup_s = 0.0
+        self._round, self._pos = 0, 0
+        self._order = self._shuffle(0)
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    def _shuffle(self, round_: int) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + round_)
+        return torch.randperm(len(self), generator=gen)
+
+    def seek(self, step: int) -> None:
+        """Position the cycle as if ``step`` anchors had been drawn (resuming a run)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        self._round, self._pos = divmod(step, len(self))
+        self._order = self._shuffle(self._round)
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        """(student input (batch, ...), exact teacher Gram (batch, batch)) of the next anchor."""
+        if self._pos == len(self):
+            self._round, self._pos = self._round + 1, 0
+            self._order = self._shuffle(self._round)
+        k = int(self._order[self._pos])
+        self._pos += 1
+        return self.x_student[k], self.grams[k]
+
+    @classmethod
+    def build(
+        cls,
+        teacher: nn.Module,
+        dataset: Any,
+        *,
+        batch: int,
+        count: int = DEFAULT_ANCHORS,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        output_fn: Callable[[Tensor], Tensor] | None = None,
+        chunk_size: int | None = None,
+    ) -> AnchorPool:
+        """Select anchors from ``dataset`` and compute each batch's exact teacher Gram once.
+
+        The Grams are taken in eval mode without a graph, one anchor batch at a time (the
+        structured engine's cost is linear in the batch, so grouping saves nothing and would
+        only raise peak memory).  ``device``: where the student inputs and Grams are kept
+        (default: the teacher's device).
+        """
+        t0 = time.perf_counter()
+        images = dataset.images
+        x_teacher_all = getattr(dataset, "teacher_images", None)
+        x_teacher_all = images if x_teacher_all is None else x_teacher_all
+        if x_teacher_all.shape[0] != images.shape[0]:
+            raise ValueError("dataset.teacher_images and dataset.images differ in length")
+        idx = select_anchors(images.shape[0], batch, count, seed)
+        params = list(teacher.parameters())
+        t_device = params[0].device if params else torch.device("cpu")
+        keep = torch.device(device) if device is not None else t_device
+        grams = [
+            ntk_gram(
+                teacher,
+                x_teacher_all[row].to(t_device),
+                estimator="exact",
+                params=params,
+                chunk_size=chunk_size,
+                output_fn=output_fn,
+            ).to(keep)
+            for row in idx
+        ]
+        pool = cls(idx, images[idx].to(keep), torch.stack(grams), seed)
+        pool.setup_s = time.perf_counter() - t0
+        return pool
