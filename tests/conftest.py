@@ -1,4 +1,9 @@
-"""Shared fixtures: real-data location (skipped when absent) and quiet, deterministic torch."""
+"""Shared fixtures: real-data location (skipped when absent) and quiet, deterministic torch.
+
+Every test runs torch single-threaded: the suite uses small tensors, and on a shared 2-core
+machine two intra-op threads mostly wait for each other (OpenMP barriers, BLAS
+oversubscription), which made gradchecks and eigendecompositions up to 10x slower.
+"""
 
 from __future__ import annotations
 
@@ -36,3 +41,11 @@ def _deterministic_torch(monkeypatch, tmp_path):
     torch.manual_seed(0)
     monkeypatch.setenv("ONNLAB_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("ONNLAB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -65,15 +65,6 @@ class ToyCNN(nn.Module):
         return self.head(self.body(x))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
