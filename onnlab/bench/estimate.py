@@ -61,12 +61,7 @@ def _trained(task, arch, psfs, splits, seed: int) -> dict:
     ref = train_reference(task, arch, psfs, train, val, test, seed=seed)
     period = 5
     loop = train_reference(
-        task,
-        arch,
-        psfs,
-        train,
-        val,
-        test,
+        *(task, arch, psfs, train, val, test),
         seed=seed,
         features="in_loop",
         max_steps=period,
@@ -152,12 +147,7 @@ def validate(
             minibatch = {"batch_size": 128, "patience": 100 * -(-len(train.images) // 128)}
             if ce:
                 ref_ce = train_reference(
-                    task,
-                    arch,
-                    psfs,
-                    train,
-                    val,
-                    test,
+                    *(task, arch, psfs, train, val, test),
                     seed=seed,
                     loss="ce",
                     optimizer="adam",
