@@ -49,15 +49,6 @@ def _load_existing(
     return model.eval(), info
 
 
-def ntkd_available() -> bool:
-    """NTKD needs `onnlab.distill.objective`; without it students fall back to KD."""
-    try:
-        from onnlab.distill.objective import NTKDObjective  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def get_teacher(
     cfg: ExperimentConfig,
     data: dict[str, Any],
@@ -95,7 +86,7 @@ def get_student(
     seed: int,
     progress: bool,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The simulation-trained hybrid ONN; NTKD if configured and available, else KD."""
+    """The simulation-trained hybrid ONN, trained with the configured transfer method."""
     from onnlab.models.zoo import build_student
     from onnlab.runtime import seed_everything
     from onnlab.training.loop import train
@@ -105,9 +96,7 @@ def get_student(
     existing = _load_existing(checkpoint, run_dir, task, "student")
     if existing is not None:
         return existing
-    method, note = cfg.student.method, ""
-    if method == "ntkd" and not ntkd_available():
-        method, note = "kd", "NTKD unavailable (onnlab.distill.objective missing): used KD"
+    method = cfg.student.method
     opts = dict({"ntkd": cfg.student.ntkd, "kd": cfg.student.kd}.get(method, {}))
     if method == "ntkd":
         opts.setdefault("seed", seed)
@@ -125,7 +114,8 @@ def get_student(
         run_dir / "student",
         meta={"method": method, "seed": seed},
     )
-    info = {"source": "trained", "method": method, "train_time_s": history["train_time_s"]}
-    if note:
-        info["note"] = note
-    return model.eval(), info
+    return model.eval(), {
+        "source": "trained",
+        "method": method,
+        "train_time_s": history["train_time_s"],
+    }
