@@ -50,6 +50,9 @@ def teacher_train(
     epochs: int | None = typer.Option(None, help="Epochs (default per task)."),
     batch_size: int | None = typer.Option(None, help="Batch size (default per task)."),
     lr: float | None = typer.Option(None, help="Peak learning rate (default per task)."),
+    label_smoothing: float | None = typer.Option(
+        None, help="Label smoothing of the cross-entropy (default per task: 0.1 for cifar10)."
+    ),
     seed: int = typer.Option(0, help="Seed of init, split and batch order."),
     data_root: Path | None = typer.Option(None, help="Data root (default $ONNLAB_DATA)."),
     limit: int | None = typer.Option(None, help="Use at most this many training images."),
@@ -70,6 +73,7 @@ def teacher_train(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        label_smoothing=label_smoothing,
         seed=seed,
         device=device,
         progress=progress,

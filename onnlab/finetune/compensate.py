@@ -114,6 +114,21 @@ def captured_dataset(
     )
 
 
+def holdout_split(
+    dataset: ArrayDataset, fraction: float, seed: int
+) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """(fit, validation) parts of `dataset`; `fraction` 0 gives (dataset, None)."""
+    if fraction <= 0:
+        return dataset, None
+    n_val = round(fraction * len(dataset))
+    if n_val < 1 or n_val >= len(dataset) - 1:
+        raise ValueError(
+            f"val_fraction {fraction} of {len(dataset)} captured samples leaves no usable split"
+        )
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.subset(order[n_val:]), dataset.subset(order[:n_val])
+
+
 def finetune_backend(
     model: nn.Module,
     method: str,
@@ -124,8 +139,12 @@ def finetune_backend(
     train_config: Any,
     ntkd_options: dict[str, Any] | None = None,
     run_dir: str | Path,
+    val_set: ArrayDataset | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A fine-tuned copy of `model.backend` (the model itself is never modified)."""
+    """A fine-tuned copy of `model.backend` (the model itself is never modified).
+
+    With `val_set` the copy is the best validated epoch's (`keep_best`), else the last one's.
+    """
     from onnlab.training.loop import train
     from onnlab.training.losses import TaskLoss, make_loss
 
@@ -147,8 +166,8 @@ def finetune_backend(
     history = train(
         backend,
         train_set,
-        None,
-        train_config.model_copy(update={"task": task}),
+        val_set,
+        train_config.model_copy(update={"task": task, "keep_best": val_set is not None}),
         loss,
         Path(run_dir) / method,
         params=list(backend.parameters()),
@@ -167,13 +186,17 @@ def compensate(
     ntkd_options: dict[str, Any] | None = None,
     run_dir: str | Path,
     methods: tuple[str, ...] = METHODS,
+    val_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Run each method, evaluate on the captured test features, prove the optics unchanged.
 
+    `val_fraction` of the captured training set (a seeded draw, the same for every method) is
+    held out to choose each method's epoch; the test captures are only ever evaluated.
     Returns {method: {metrics..., "history": per-epoch logs}} plus "optics_sha256".
     """
     from onnlab.training.metrics import evaluate
 
+    train_set, val_set = holdout_split(train_set, val_fraction, int(train_config.seed))
     freeze_optics(model)
     before = optical_fingerprint(model)
     results: dict[str, Any] = {}
@@ -187,6 +210,7 @@ def compensate(
             train_config=train_config,
             ntkd_options=ntkd_options,
             run_dir=run_dir,
+            val_set=val_set,
         )
         backend.cpu()
         metrics = evaluate(backend, test_set, task)

@@ -89,10 +89,16 @@ class CalibrationSpec(_Strict):
 
 
 class FinetuneSpec(_Strict):
-    """Backend-only fine-tuning on captured features; both methods share `train`."""
+    """Backend-only fine-tuning on captured features; both methods share `train`.
+
+    `val_fraction` > 0 holds out that share of the captured training features (seeded) and
+    ends each method on its best validated epoch: a few thousand captures overfit a backend
+    long before a fixed epoch budget runs out, and the test captures must not pick the epoch.
+    """
 
     train: dict[str, Any] = Field(default_factory=dict)
     ntkd: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: float = Field(0.0, ge=0, lt=0.5)
 
 
 class ExperimentConfig(_Strict):

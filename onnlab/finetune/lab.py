@@ -112,6 +112,7 @@ def run_lab(
         task=task,
         train_config=config.model_copy(update={"progress": progress}),
         ntkd_options=cfg.finetune.ntkd,
+        val_fraction=cfg.finetune.val_fraction,
         run_dir=run_dir / "finetune",
     )
     row = {"label": "fabricated bench", "simulation": simulation}

@@ -209,6 +209,7 @@ def run_one_fabrication(
         task=cfg.task,
         train_config=ft_config,
         ntkd_options=cfg.finetune.ntkd,
+        val_fraction=cfg.finetune.val_fraction,
         run_dir=fab_dir / "finetune",
     )
     timings["finetune_s"] = time.perf_counter() - t0

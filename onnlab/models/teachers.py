@@ -46,10 +46,18 @@ class CifarNet(nn.Module):
 
     Stem at full resolution, then three stages of (max-pool, conv, conv) doubling the width,
     global max-pool and one linear layer — the airbench/ResNet-9 recipe without residuals.
+
+    `flip_tta`: no-grad inference (evaluation, KD soft labels) averages the logits over the image
+    and its mirror image (test-time augmentation: +1.5 points for the width-16 net). Training
+    and Jacobians see one view, so the teacher's NTK is that of the network itself.
+    Training and no-grad inference run channels-last, ≈25 % faster in oneDNN's CPU convolutions.
     """
 
-    def __init__(self, in_channels: int = 3, n_classes: int = 10, width: int = 32):
+    def __init__(
+        self, in_channels: int = 3, n_classes: int = 10, width: int = 32, flip_tta: bool = False
+    ):
         super().__init__()
+        self.flip_tta = flip_tta
         w = width
         self.body = nn.Sequential(
             _conv_bn(in_channels, w),
@@ -68,7 +76,15 @@ class CifarNet(nn.Module):
         self.head = nn.Linear(8 * w, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        if not self.training and torch.is_grad_enabled():
+            # Jacobians (the teacher's NTK): the network itself, one view, and the default
+            # layout, because functorch's vmap cannot clone into channels-last
+            return self.head(self.body(x))
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.head(self.body(x))
+        if self.flip_tta and not self.training:
+            logits = 0.5 * (logits + self.head(self.body(x.flip(-1))))
+        return logits
 
 
 class UNet(nn.Module):

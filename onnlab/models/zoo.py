@@ -48,7 +48,7 @@ STUDENT_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 TEACHER_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {},
-    "cifar10": {"width": 32},
+    "cifar10": {"width": 32, "flip_tta": True},
     "segmentation": {"base": 8, "depth": 3},
 }
 _FRONTEND_KEYS = ("pseudo_negative", "method", "max_transmission", "init_transmission")
@@ -122,7 +122,9 @@ def build_teacher(task: str, **overrides: Any) -> nn.Module:
     if task == "mnist":
         model: nn.Module = LeNet(spec.in_channels, spec.n_classes, spec.image_hw)
     elif task == "cifar10":
-        model = CifarNet(spec.in_channels, spec.n_classes, width=kw["width"])
+        model = CifarNet(
+            spec.in_channels, spec.n_classes, width=kw["width"], flip_tta=kw["flip_tta"]
+        )
     else:
         model = UNet(spec.in_channels, 1, base=kw["base"], depth=kw["depth"])
     model.build_info = {"task": task, "role": "teacher", "kwargs": kw}

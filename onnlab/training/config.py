@@ -24,6 +24,8 @@ class TrainConfig(BaseModel):
     warmup_fraction: float = Field(0.0, ge=0, lt=1)  # of all steps (cosine); onecycle uses 0.3
     grad_clip: float | None = Field(5.0, gt=0)
     augment: Literal["none", "shift", "crop_flip", "flip"] = "none"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # task loss of classification only
+    keep_best: bool = False  # end on the epoch with the best validation metric, not the last
     frontend_lr_scale: float = Field(1.0, gt=0)  # PSF logits often want a larger step
     seed: int = 0
     device: str = "auto"
@@ -65,13 +67,14 @@ DEFAULTS: dict[tuple[str, str], dict] = {
         epochs=8, batch_size=128, lr=2e-3, schedule="onecycle", augment="shift"
     ),
     ("cifar10", "teacher"): dict(
-        epochs=20,
+        epochs=16,
         batch_size=256,
         lr=0.1,
         optimizer="sgd",
         weight_decay=5e-4,
         schedule="onecycle",
         augment="crop_flip",
+        label_smoothing=0.1,
     ),
     ("segmentation", "teacher"): dict(
         epochs=15, batch_size=16, lr=2e-3, schedule="onecycle", augment="flip"

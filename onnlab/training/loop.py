@@ -152,6 +152,8 @@ def train(
     config = config.model_copy(update={"task": task})
     if len(train_set) == 0:
         raise ValueError("train_set is empty")
+    if config.keep_best and (val_set is None or len(val_set) == 0):
+        raise ValueError("keep_best needs a validation set to choose the best epoch on")
     device = _device(config.device)
     resume = (run_dir / STATE_FILE).is_file()
     if resume:
@@ -172,6 +174,7 @@ def train(
     total_steps = steps_per_epoch * config.epochs
     history: dict[str, Any] = {"task": task, "metric": primary_metric(task), "epochs": []}
     start_epoch = 0
+    best: dict[str, Any] | None = None  # keep_best: epoch, score and weights of the best one
     if resume:
         state = torch.load(run_dir / STATE_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -179,6 +182,7 @@ def train(
         history = state["history"]
         start_epoch = int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
+        best = state.get("best")
 
     prepare = getattr(loss, "prepare", None)
     if callable(prepare):  # e.g. NTKD anchor batches: exact teacher Grams computed once
@@ -227,11 +231,20 @@ def train(
             }
             if val_set is not None and len(val_set):
                 record["val"] = evaluate(model, val_set, task, config.eval_batch_size)
+                if config.keep_best and (best is None or record["val"][metric] > best["score"]):
+                    best = {"epoch": epoch + 1, "score": record["val"][metric]}
+                    best["model"] = {
+                        k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                    }
             history["epochs"].append(record)
-            _save_state(run_dir, model, optimizer, history, epoch + 1)
+            _save_state(run_dir, model, optimizer, history, epoch + 1, best)
             _log_epoch(bar, record, metric, config.epochs)
 
     history["final"] = history["epochs"][-1] if history["epochs"] else {}
+    if best is not None:  # small captured sets overfit: end on the best validated epoch
+        model.load_state_dict(best["model"])
+        history["best_epoch"] = best["epoch"]
+        history["final"] = history["epochs"][best["epoch"] - 1]
     history["train_time_s"] = sum(r["time_s"] for r in history["epochs"])
     write_json(run_dir / "metrics.json", history)
     if history["epochs"] and "val" in history["epochs"][0]:
@@ -244,9 +257,17 @@ def train(
     return history
 
 
-def _save_state(run_dir: Path, model: nn.Module, optimizer, history: dict, epoch: int) -> None:
+def _save_state(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer,
+    history: dict,
+    epoch: int,
+    best: dict[str, Any] | None = None,
+) -> None:
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "best": best,
         "optimizer": optimizer.state_dict(),
         "history": history,
         "epoch": epoch,

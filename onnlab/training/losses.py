@@ -44,25 +44,34 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return (1 - (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)).mean()
 
 
-def task_loss(task_kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CE for classification; BCE + Dice for binary segmentation."""
+def task_loss(
+    task_kind: str, output: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """CE for classification (optionally label-smoothed); BCE + Dice for binary segmentation."""
     if task_kind == "classification":
-        return F.cross_entropy(output, target)
+        return F.cross_entropy(output, target, label_smoothing=label_smoothing)
     target = target.to(output.dtype)
     return F.binary_cross_entropy_with_logits(output, target) + dice_loss(output, target)
 
 
 class TaskLoss:
-    """Supervised loss only ('no transfer' baseline)."""
+    """Supervised loss only ('no transfer' baseline).
 
-    def __init__(self, task: str) -> None:
+    `label_smoothing` (classification only) keeps a high-capacity teacher from becoming
+    over-confident; it is a teacher-training option, the students' baselines use 0.
+    """
+
+    def __init__(self, task: str, label_smoothing: float = 0.0) -> None:
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.task = task
         self.kind = _kind(task)
+        self.label_smoothing = label_smoothing
 
     def __call__(
         self, model: nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = task_loss(self.kind, model(batch["x"]), batch["y"])
+        loss = task_loss(self.kind, model(batch["x"]), batch["y"], self.label_smoothing)
         return loss, {"loss": loss.item(), "task": loss.item()}
 
 

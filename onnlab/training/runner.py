@@ -51,7 +51,9 @@ def train_teacher(
 
     seed_everything(config.seed)
     model = build_teacher(task, **(architecture or {}))
-    history = train(model, train_set, val_set, config, TaskLoss(task), run_dir)
+    history = train(
+        model, train_set, val_set, config, TaskLoss(task, config.label_smoothing), run_dir
+    )
     test = evaluate(model.cpu(), test_set, task, config.eval_batch_size)
     summary = {
         "task": task,

@@ -124,3 +124,19 @@ def test_backend_only_ntkd_leaves_the_optics_bit_identical(tmp_path: Path) -> No
         0.0 <= results[m]["accuracy"] <= 1.0 for m in ("no_compensation", "end_to_end", "ntkd")
     )
     assert not any(p.requires_grad for p in student.frontend.parameters())
+
+
+def test_holdout_split_is_seeded_disjoint_and_complete() -> None:
+    from onnlab.finetune.compensate import holdout_split
+
+    data = ArrayDataset(torch.randn(50, 1, 4, 4), torch.arange(50) % 10, torch.arange(100, 150))
+    fit, val = holdout_split(data, 0.1, seed=3)
+    assert len(val) == 5 and len(fit) == 45
+    ids = set(fit.indices.tolist()) | set(val.indices.tolist())
+    assert ids == set(range(100, 150))  # nothing lost, nothing in both
+    again = holdout_split(data, 0.1, seed=3)[1]
+    assert torch.equal(again.indices, val.indices)
+    assert not torch.equal(holdout_split(data, 0.1, seed=4)[1].indices, val.indices)
+    assert holdout_split(data, 0.0, seed=3) == (data, None)
+    with pytest.raises(ValueError, match="no usable split"):
+        holdout_split(data.subset(range(2)), 0.4, seed=0)

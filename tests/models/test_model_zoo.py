@@ -58,3 +58,35 @@ def test_hybrid_initialise_normalises_tiny_optical_features():
     model.initialise(x)
     normed = model.backend.norm(model.backend.pool(feats))
     assert 0.5 < normed.std().item() < 2.0
+
+
+def test_cifar_teacher_flip_tta_averages_mirror_images_only_in_eval():
+    torch.manual_seed(0)
+    plain = build_teacher("cifar10", width=8, flip_tta=False)
+    tta = build_teacher("cifar10", width=8, flip_tta=True)
+    tta.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    plain.eval(), tta.eval()
+    with torch.no_grad():
+        expected = 0.5 * (plain(x) + plain(x.flip(-1)))
+        torch.testing.assert_close(tta(x), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(tta(x), plain(x), atol=1e-4)  # the mirror image matters
+    plain.train(), tta.train()
+    torch.manual_seed(1)
+    a = plain(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(tta(x), a)  # training sees one view, as before
+
+
+@pytest.mark.parametrize("estimator", ["exact", "jacobian"])
+def test_cifar_teacher_ntk_runs_under_functorch(estimator):
+    """The teacher's NTK (NTKD anchors) goes through vmap/jacrev, which cannot clone into
+    the channels-last layout the teacher uses for speed elsewhere."""
+    from onnlab.distill.ntk import ntk_gram
+
+    torch.manual_seed(0)
+    teacher = build_teacher("cifar10", width=4)
+    gram = ntk_gram(teacher, torch.randn(3, 3, 32, 32), estimator=estimator)
+    assert gram.shape == (3, 3)
+    torch.testing.assert_close(gram, gram.T, rtol=1e-4, atol=1e-4)
+    assert bool((torch.linalg.eigvalsh(gram) > -1e-3 * gram.diagonal().max()).all())

@@ -235,3 +235,58 @@ def test_resume_continues_the_ntkd_anchor_cycle(mnist_small, tmp_path):
     train(resumed, train_set, None, cfg, loss(), tmp_path / "r")
     for key, value in ref.state_dict().items():
         assert torch.allclose(value, resumed.state_dict()[key], atol=1e-5), key
+
+
+def test_keep_best_ends_on_the_best_validated_epoch_and_survives_resume(mnist_small, tmp_path):
+    """A high learning rate makes validation accuracy wander; the model must end on its peak."""
+    from onnlab.training.metrics import evaluate
+
+    train_set, val_set = mnist_small[0].subset(range(256)), mnist_small[1]
+    cfg = _config(epochs=5, lr=3e-2, keep_best=True, schedule="constant")
+    torch.manual_seed(0)
+    model = build_student("mnist")
+    history = train(model, train_set, val_set, cfg, make_loss("none", "mnist"), tmp_path / "a")
+    scores = [e["val"]["accuracy"] for e in history["epochs"]]
+    assert history["best_epoch"] == 1 + scores.index(max(scores))
+    assert evaluate(model, val_set, "mnist")["accuracy"] == pytest.approx(max(scores))
+    assert history["final"]["val"]["accuracy"] == max(scores)
+
+    # stop after 2 epochs, resume to 5: the best found before the stop is not forgotten
+    torch.manual_seed(0)
+    part = build_student("mnist")
+    train(
+        part,
+        train_set,
+        val_set,
+        cfg.model_copy(update={"epochs": 2}),
+        make_loss("none", "mnist"),
+        tmp_path / "b",
+    )
+    state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)
+    assert state["best"]["epoch"] == 1 + scores[:2].index(max(scores[:2]))
+
+
+def test_keep_best_without_validation_is_refused(mnist_small, tmp_path):
+    with pytest.raises(ValueError, match="keep_best needs a validation set"):
+        train(
+            build_student("mnist"),
+            mnist_small[0].subset(range(64)),
+            None,
+            _config(epochs=1, keep_best=True),
+            make_loss("none", "mnist"),
+            tmp_path,
+        )
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy():
+    from onnlab.training.losses import TaskLoss
+
+    logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    model = torch.nn.Identity()
+    smooth, _ = TaskLoss("mnist", label_smoothing=0.1)(model, {"x": logits, "y": y})
+    # (1 - ε)·CE(one-hot) + ε·mean over classes of −log p
+    logp = torch.log_softmax(logits, 1)
+    expected = -(0.9 * logp.gather(1, y[:, None]).squeeze(1) + 0.1 * logp.mean(1)).mean()
+    assert smooth.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TaskLoss("mnist", label_smoothing=1.0)
