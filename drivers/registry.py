@@ -50,7 +50,9 @@ class SimDeviceConfig(_Strict):
 
 class SlmsuiteConfig(_Strict):
     """Any slmsuite SLM class by import path, e.g. ``slmsuite.hardware.slms.screenmirrored.
-    ScreenMirrored``, constructed with ``kwargs``."""
+    ScreenMirrored``, constructed with ``kwargs``. Only classes from ``slmsuite.hardware.slms``
+    are accepted (checked here, before any import; the driver also checks the class is a
+    subclass of slmsuite's SLM): a config can never name ``subprocess.Popen`` or the like."""
 
     kind: Literal["slm"] = "slm"
     driver: Literal["slmsuite"]
@@ -60,6 +62,16 @@ class SlmsuiteConfig(_Strict):
     lut: list[float] | str | None = None  # grey -> intensity table, or path to a .npy/.csv
     gamma: float | None = Field(None, gt=0)  # used when no lut is given (default 2.2)
     settle_s: float = Field(0.05, ge=0)
+
+    @field_validator("class_path")
+    @classmethod
+    def _slmsuite_only(cls, v: str) -> str:
+        from drivers.slm_slmsuite import check_slm_class_path
+
+        try:
+            return check_slm_class_path(v)
+        except ConfigurationError as exc:
+            raise ValueError(exc.message) from None
 
 
 class GenicamConfig(_Strict):
@@ -79,7 +91,8 @@ class GenicamConfig(_Strict):
 
 
 class Smc100Config(_Strict):
-    """A Newport SMC100CC/PP controller on a serial port (or ``sim-smc100://`` for its twin)."""
+    """A Newport SMC100CC/PP controller on a serial port (or ``sim://smc100?id=NAME`` for the
+    simulated controller, `drivers.sim.protocol_sim`)."""
 
     kind: Literal["stage"] = "stage"
     driver: Literal["smc100"]
@@ -89,6 +102,8 @@ class Smc100Config(_Strict):
     limits_m: tuple[float, float]
     units_per_m: float = Field(1000.0, gt=0)  # controller units (mm) per metre
     home_on_open: bool = False
+    home_timeout_s: float = Field(60.0, gt=0)  # a real home search takes 8-30 s
+    enable_on_open: bool = False  # send MM1 to a DISABLED controller on open (explicit only)
 
     @field_validator("limits_m")
     @classmethod
@@ -300,6 +315,10 @@ def create_device(config: BenchConfig, dev_id: str, sim_bench: Any = None) -> An
             operation="config",
         )
     dev = config.devices[dev_id]
+    if dev.driver == "smc100" and dev.port.startswith("sim://"):
+        from drivers.sim import protocol_sim  # the real driver never imports the simulator
+
+        protocol_sim.register()
     if dev.driver == "sim":
         if sim_bench is None:
             sim_bench = build_sim_bench(config)

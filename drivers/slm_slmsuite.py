@@ -20,8 +20,48 @@ from typing import Any
 import numpy as np
 
 from drivers.base import DeviceBase
-from drivers.errors import DeviceDisconnected, DeviceNotFound, DeviceTimeout
+from drivers.errors import ConfigurationError, DeviceDisconnected, DeviceNotFound, DeviceTimeout
 from drivers.protocols import DEFAULT_TIMEOUT_S, PatternId, to_grey_levels
+
+SLM_PACKAGE = "slmsuite.hardware.slms"
+"""The only package a config may name an SLM class from: a config must never be able to import
+(let alone call) arbitrary code such as ``subprocess.Popen``."""
+
+
+def check_slm_class_path(class_path: str) -> str:
+    """Refuse, before anything is imported, a class path outside `SLM_PACKAGE`."""
+    module, _, name = str(class_path).rpartition(".")
+    parts = module.split(".")
+    if (
+        not module.startswith(SLM_PACKAGE + ".")
+        or not name.isidentifier()
+        or not all(p.isidentifier() and not p.startswith("_") for p in parts[3:])
+    ):
+        raise ConfigurationError(
+            f"class {class_path!r}: only slmsuite SLM classes ({SLM_PACKAGE}.<module>.<Class>, "
+            "a subclass of slmsuite's SLM) are accepted",
+            operation="config",
+        )
+    return class_path
+
+
+def resolve_slm_class(class_path: str) -> type:
+    """Import an allowed class path and check that it IS an slmsuite SLM (subclass check)."""
+    check_slm_class_path(class_path)
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        from slmsuite.hardware.slms.slm import SLM
+
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise DeviceNotFound(f"cannot import SLM class {class_path!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, SLM)):
+        raise ConfigurationError(
+            f"class {class_path!r} is not a subclass of slmsuite's SLM; only slmsuite SLM "
+            "classes are accepted",
+            operation="config",
+        )
+    return cls
 
 
 def load_lut(lut: Any, bit_depth: int, gamma: float | None, mode: str) -> np.ndarray:
@@ -94,11 +134,7 @@ class SlmsuiteSLM(DeviceBase):
 
     # ------------------------------------------------------------------ lifecycle
     def _resolve_class(self) -> type:
-        module_name, _, name = self.class_path.rpartition(".")
-        try:
-            return getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as exc:
-            raise DeviceNotFound(f"cannot import SLM class {self.class_path!r}: {exc}") from exc
+        return resolve_slm_class(self.class_path)
 
     def _open_hw(self, timeout_s: float) -> None:
         cls = self._resolve_class()

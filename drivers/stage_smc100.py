@@ -3,12 +3,13 @@
 Protocol: Newport, *SMC100CC & SMC100PP Single-Axis DC or Stepper Motion Controller -- User's
 Manual*, section "Command Set" (two-letter ASCII commands ``<addr><CC><value>\\r\\n``, 57600
 baud 8N1 with XON/XOFF) and the ``TS`` controller-state / positioner-error tables and ``TE``
-command-error letters reproduced in `drivers.sim.smc100`. Commands used:
+command-error letters in `drivers.smc100_protocol` (shared with the simulated controller; this
+module imports nothing from `drivers.sim`). Commands used:
 
 ``PA``/``PR`` move absolute/relative (controller units, mm for linear stages) · ``TP`` position
 · ``OR`` home search · ``ST`` stop · ``TS`` positioner error + controller state · ``TE`` last
-command error · ``SL?``/``SR?`` controller software limits · ``ID?`` stage model · ``VE``
-firmware.
+command error · ``SL?``/``SR?`` controller software limits · ``ID?`` stage model · ``MM1``
+leave DISABLE (only with ``enable_on_open``).
 
 Design (pymeasure's Instrument/Adapter split, without silent timeouts):
 * Limits are enforced HERE, before a move is written: the config's ``limits_m`` intersected
@@ -18,8 +19,15 @@ Design (pymeasure's Instrument/Adapter split, without silent timeouts):
 * Every reply must be ``<addr><CC><value>\\r\\n``; anything short, garbled or with the wrong
   echo raises `ProtocolError` -- a value is never guessed. No reply in time -> `DeviceTimeout`.
 * A move polls ``TS`` until READY; a positioner error aborts it (end of run -> `LimitError`,
-  following error etc. -> `MotionError`); running out of time sends ``ST`` and raises
-  `DeviceTimeout`.
+  following error etc. -> `MotionError`). EVERY failure while the controller may still be
+  moving (time out, a lost ``TS`` reply, a garbled ``TE`` right after ``PA``, a stop request)
+  sends ``ST`` and polls ``TS`` until the controller is no longer MOVING/HOMING/JOGGING before
+  raising; the error says that it stopped and in which state the controller ended.
+* Homing (``OR``) has its own deadline, ``home_timeout_s`` (a real home search takes 8-30 s),
+  also when it runs inside ``open()`` (``home_on_open``): the open timeout bounds the
+  handshake, not the search.
+* A DISABLED controller (after a following error, say) is re-enabled (``MM1``) on open only
+  with ``enable_on_open=True``; otherwise moves are refused with the controller's state named.
 """
 
 from __future__ import annotations
@@ -43,10 +51,10 @@ from drivers.errors import (
     ProtocolError,
 )
 from drivers.protocols import DEFAULT_MOVE_TIMEOUT_S, DEFAULT_TIMEOUT_S
-from drivers.sim import protocol_sim
-from drivers.sim.smc100 import (
+from drivers.smc100_protocol import (
     COMMAND_ERRORS,
     DISABLED,
+    MOVING,
     NOT_REFERENCED,
     POSITIONER_ERRORS,
     READY,
@@ -54,15 +62,25 @@ from drivers.sim.smc100 import (
     fmt_number,
 )
 
-protocol_sim.register()  # `sim://smc100` URLs work wherever this driver is importable
-
 POLL_S = 0.01
+DEFAULT_HOME_TIMEOUT_S = 60.0
+"""A real home search takes roughly 8-30 s; homing never shares the open/move budget."""
+STOP_CONFIRM_S = 2.0
+"""How long a stop-on-failure waits for the controller to leave MOVING (deceleration)."""
 _LIMIT_BITS = 0x0003  # positive / negative end of run
 
 
 def decode_positioner_errors(bits: int) -> list[str]:
     """TS error bits -> manual texts (most severe first)."""
     return [text for bit, text in POSITIONER_ERRORS.items() if bits & bit]
+
+
+class _StillMoving(Exception):
+    """Internal: `error` happened while the controller may still be moving."""
+
+    def __init__(self, error: DeviceError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class SMC100Stage(DeviceBase):
@@ -87,6 +105,8 @@ class SMC100Stage(DeviceBase):
         baudrate: int = 57600,
         units_per_m: float = 1000.0,
         home_on_open: bool = False,
+        home_timeout_s: float = DEFAULT_HOME_TIMEOUT_S,
+        enable_on_open: bool = False,
         serial_factory: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__(device_id)
@@ -99,6 +119,11 @@ class SMC100Stage(DeviceBase):
         self.baudrate = int(baudrate)
         self.units_per_m = float(units_per_m)
         self.home_on_open = home_on_open
+        if not home_timeout_s > 0:
+            raise ValueError(f"home_timeout_s: expected > 0, got {home_timeout_s!r}")
+        self.home_timeout_s = float(home_timeout_s)
+        self.enable_on_open = enable_on_open
+        self._open_state: str | None = None
         self._config_limits = (float(limits_m[0]), float(limits_m[1]))
         self._limits = self._config_limits
         self._factory = serial_factory or serial.serial_for_url
@@ -117,6 +142,8 @@ class SMC100Stage(DeviceBase):
             baudrate=cfg.baudrate,
             units_per_m=cfg.units_per_m,
             home_on_open=cfg.home_on_open,
+            home_timeout_s=cfg.home_timeout_s,
+            enable_on_open=cfg.enable_on_open,
         )
 
     # ------------------------------------------------------------------ wire level
@@ -167,6 +194,12 @@ class SMC100Stage(DeviceBase):
         if letter == "@":
             return
         text = f"controller refused {command!r}: {letter} ({COMMAND_ERRORS[letter]})"
+        if letter in "DHIJKLM":  # refused because of the state: say which one it is in
+            with contextlib.suppress(DeviceError):
+                _, state = self._state(timeout_s)
+                text += f"; controller state {state} ({STATES[state]})"
+                if state in DISABLED:
+                    text += " - clear the cause, then reconnect with enable_on_open: true"
         raise (LimitError if letter in "GN" else DeviceError)(text)
 
     def _state(self, timeout_s: float) -> tuple[int, str]:
@@ -213,10 +246,12 @@ class SMC100Stage(DeviceBase):
                 )
             self._limits = (lo, hi)
             _, state = self._state(left())
-            if state in DISABLED:  # e.g. after a following error: re-enable (reconnect heals)
+            if state in DISABLED and self.enable_on_open:  # asked for: leave DISABLE (MM1)
                 self._command("MM1", left())
+                _, state = self._state(left())
+            self._open_state = state
             if state in NOT_REFERENCED and self.home_on_open:
-                self._move_hw("OR", left())
+                self._move_hw("OR", self.home_timeout_s)  # its own deadline, not the open's
         except BaseException:
             with contextlib.suppress(Exception):  # keep the original error visible
                 self._close_hw()
@@ -244,9 +279,7 @@ class SMC100Stage(DeviceBase):
 
     def is_moving(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
         return self._call(
-            "is_moving",
-            lambda timeout_s: self._state(timeout_s)[1] in ("28", "1E"),
-            timeout_s=timeout_s,
+            "is_moving", lambda timeout_s: self._state(timeout_s)[1] in MOVING, timeout_s=timeout_s
         )
 
     def _check_target(self, target_m: float, operation: str) -> None:
@@ -275,8 +308,11 @@ class SMC100Stage(DeviceBase):
         cmd = "PR" + fmt_number(delta_m * self.units_per_m)
         return self._move_hw(cmd, max(1e-3, timeout_s - (time.monotonic() - t0)))
 
-    def home(self, timeout_s: float = DEFAULT_MOVE_TIMEOUT_S) -> float:
-        return self._call("home", self._home_hw, timeout_s=timeout_s)
+    def home(self, timeout_s: float | None = None) -> float:
+        """Home search when NOT REFERENCED, else move to 0; `timeout_s` defaults to
+        ``home_timeout_s``."""
+        budget = self.home_timeout_s if timeout_s is None else timeout_s
+        return self._call("home", self._home_hw, timeout_s=budget)
 
     def _home_hw(self, timeout_s: float) -> float:
         _, state = self._state(timeout_s)
@@ -296,19 +332,33 @@ class SMC100Stage(DeviceBase):
         self._transact("ST", reply=False, timeout_s=timeout_s)
 
     def _move_hw(self, cmd: str, timeout_s: float) -> float:
+        """Send a motion command and wait for READY; on any failure stop the motion first."""
         t0 = time.monotonic()
         self._stop_requested.clear()
-        self._command(cmd, timeout_s)
+        try:
+            # A lost or garbled TE leaves unknown whether the move started: stop it. A TE
+            # letter (refused) means nothing moves; a dead line cannot carry ST anyway.
+            self._command(cmd, timeout_s)
+            return self._wait_ready(cmd, t0, timeout_s)
+        except _StillMoving as exc:
+            raise self._stopped(exc.error, cmd) from exc.error.__cause__
+        except (ProtocolError, DeviceTimeout) as exc:
+            raise self._stopped(exc, cmd) from exc
+
+    def _wait_ready(self, cmd: str, t0: float, timeout_s: float) -> float:
         while True:
             left = timeout_s - (time.monotonic() - t0)
             if left <= 0:
-                self._transact("ST", reply=False, timeout_s=1.0)
-                raise DeviceTimeout(f"{cmd!r} not finished within {timeout_s:.3f} s; sent ST")
+                raise _StillMoving(DeviceTimeout(f"{cmd!r} not finished within {timeout_s:.3f} s"))
             bits, state = self._state(max(left, 1e-3))
-            if bits & _LIMIT_BITS:
-                raise LimitError(f"{cmd!r} aborted: {', '.join(decode_positioner_errors(bits))}")
             if bits:
-                raise MotionError(f"{cmd!r} aborted: {', '.join(decode_positioner_errors(bits))}")
+                what = ", ".join(decode_positioner_errors(bits))
+                error = (LimitError if bits & _LIMIT_BITS else MotionError)(
+                    f"{cmd!r} aborted: {what}"
+                )
+                if state in MOVING:
+                    raise _StillMoving(error)
+                raise error
             if state in READY:
                 if self._stop_requested.is_set():
                     raise MotionError(f"{cmd!r} stopped by stop() before reaching its target")
@@ -316,6 +366,33 @@ class SMC100Stage(DeviceBase):
             if state in DISABLED or state in NOT_REFERENCED:
                 raise MotionError(f"{cmd!r} ended in state {state} ({STATES[state]})")
             time.sleep(min(POLL_S, max(left, 0)))
+
+    def _stopped(self, error: DeviceError, cmd: str) -> DeviceError:
+        """Send ST, poll TS until the controller is no longer moving, and return `error` with
+        what happened appended (the same error type, so callers' handling does not change)."""
+        try:
+            self._transact("ST", reply=False, timeout_s=1.0)
+        except Exception as exc:  # noqa: BLE001 - reported in the message; the original wins
+            note = f"; ST could NOT be sent ({type(exc).__name__}: {exc}) - the stage may move"
+        else:
+            note = "; sent ST"
+            deadline = time.monotonic() + STOP_CONFIRM_S
+            state = None
+            while time.monotonic() < deadline:
+                try:
+                    _, state = self._state(0.5)
+                except DeviceError as exc:
+                    note += f", state not confirmed ({exc.message})"
+                    break
+                if state not in MOVING:
+                    note += f", controller stopped in state {state} ({STATES[state]})"
+                    break
+                time.sleep(POLL_S)
+            else:
+                note += f", controller STILL in state {state} after {STOP_CONFIRM_S} s"
+        stopped = type(error)(error.message + note)
+        stopped.__cause__ = error.__cause__
+        return stopped
 
     # ------------------------------------------------------------------ description
     def _status_hw(self, timeout_s: float) -> dict[str, Any]:
@@ -333,4 +410,5 @@ class SMC100Stage(DeviceBase):
             "model": self._ident.get("model"),
             "serial": None,  # SMC100 does not report a serial number over RS-232
             "limits_m": list(self._limits),
+            "state_on_open": self._open_state,
         }

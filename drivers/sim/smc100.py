@@ -1,7 +1,8 @@
 """A software Newport SMC100CC controller that speaks the real ASCII protocol.
 
 Modelled on the command set of the *SMC100CC & SMC100PP Single-Axis DC or Stepper Motion
-Controller User's Manual* (Newport, "Command Set" / "Controller States" sections): commands
+Controller User's Manual* (Newport, "Command Set" / "Controller States" sections; tables in
+`drivers.smc100_protocol`): commands
 are ``<address><two letters>[<value>|?]\\r\\n``; queries answer ``<address><letters><value>\\r\\n``;
 set commands are silent and a later ``TE`` reports the last command error letter.
 
@@ -18,77 +19,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-# TS controller states (two hex digits), manual "Controller state" table
-STATES: dict[str, str] = {
-    "0A": "NOT REFERENCED from RESET",
-    "0B": "NOT REFERENCED from HOMING",
-    "0C": "NOT REFERENCED from CONFIGURATION",
-    "0D": "NOT REFERENCED from DISABLE",
-    "0E": "NOT REFERENCED from READY",
-    "0F": "NOT REFERENCED from MOVING",
-    "10": "NOT REFERENCED ESP stage error",
-    "11": "NOT REFERENCED from JOGGING",
-    "14": "CONFIGURATION",
-    "1E": "HOMING commanded from RS-232-C",
-    "1F": "HOMING commanded by SMC-RC",
-    "28": "MOVING",
-    "32": "READY from HOMING",
-    "33": "READY from MOVING",
-    "34": "READY from DISABLE",
-    "35": "READY from JOGGING",
-    "3C": "DISABLE from READY",
-    "3D": "DISABLE from MOVING",
-    "3E": "DISABLE from JOGGING",
-    "46": "JOGGING from READY",
-    "47": "JOGGING from DISABLE",
-}
-
-# TS positioner error bits (four hex digits)
-POSITIONER_ERRORS: dict[int, str] = {
-    0x0200: "80 W output power exceeded",
-    0x0100: "DC voltage too low",
-    0x0080: "wrong ESP stage",
-    0x0040: "homing time out",
-    0x0020: "following error",
-    0x0010: "short circuit detection",
-    0x0008: "RMS current limit",
-    0x0004: "peak current limit",
-    0x0002: "positive end of run",
-    0x0001: "negative end of run",
-}
-
-# TE command error letters
-COMMAND_ERRORS: dict[str, str] = {
-    "@": "no error",
-    "A": "unknown message code or floating point controller address",
-    "B": "controller address not correct",
-    "C": "parameter missing or out of range",
-    "D": "execution not allowed",
-    "E": "home sequence already started",
-    "G": "displacement out of limits",
-    "H": "command not allowed in NOT REFERENCED state",
-    "I": "command not allowed in CONFIGURATION state",
-    "J": "command not allowed in DISABLE state",
-    "K": "command not allowed in READY state",
-    "L": "command not allowed in HOMING state",
-    "M": "command not allowed in MOVING state",
-    "N": "current position out of software limit",
-    "S": "communication time out",
-    "U": "error during EEPROM access",
-    "V": "error during command execution",
-    "W": "command not allowed for PP version",
-    "X": "command not allowed for CC version",
-}
-
-READY = ("32", "33", "34", "35")
-NOT_REFERENCED = ("0A", "0B", "0C", "0D", "0E", "0F", "10", "11")
-DISABLED = ("3C", "3D", "3E")
-
-
-def fmt_number(value: float) -> str:
-    """SMC100 number formatting: fixed point, at most 6 decimals, no trailing zeros."""
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+from drivers.smc100_protocol import (  # noqa: F401 - re-exported for older imports
+    COMMAND_ERRORS,
+    DISABLED,
+    NOT_REFERENCED,
+    POSITIONER_ERRORS,
+    READY,
+    STATES,
+    fmt_number,
+)
 
 
 @dataclass

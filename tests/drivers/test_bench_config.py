@@ -156,3 +156,64 @@ def test_cli_devices_reports_failing_devices_and_broken_config(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and len(err.splitlines()) == 1
     assert "devices.cam0.buffers" in err and str(path) in err
+
+
+# ---------------------------------------------------------------- issue 16: configs run no code
+
+
+@pytest.mark.parametrize(
+    "class_path",
+    [
+        "subprocess.Popen",
+        "os.system",
+        "builtins.eval",
+        "slmsuite.hardware.slms._slm_win.Thing",  # private module of the right package
+        "slmsuitex.hardware.slms.slm.SLM",  # look-alike package name
+    ],
+)
+def test_malicious_slm_class_is_refused_at_load(tmp_path, class_path) -> None:
+    """`class: subprocess.Popen` with `kwargs: {args: ..., shell: true}` used to resolve."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "devices": {
+                    "slm0": {
+                        "kind": "slm",
+                        "driver": "slmsuite",
+                        "class": class_path,
+                        "kwargs": {"args": f"touch {marker}", "shell": True},
+                    }
+                }
+            }
+        )
+    )
+    with pytest.raises(ConfigurationError, match="only slmsuite SLM classes") as info:
+        open_devices(path)
+    assert "devices.slm0.class" in str(info.value)
+    assert not marker.exists()
+
+
+def test_slm_class_inside_slmsuite_must_be_an_slm_subclass(tmp_path) -> None:
+    """The package check alone is not enough: a non-SLM class in it is refused at open."""
+    from drivers.slm_slmsuite import SlmsuiteSLM
+
+    slm = SlmsuiteSLM("slm0", "slmsuite.hardware.slms.slm.ABC")  # imported in that module
+    with pytest.raises(ConfigurationError, match="not a subclass of slmsuite's SLM"):
+        slm.open()
+    with pytest.raises(ConfigurationError, match="only slmsuite SLM classes"):
+        SlmsuiteSLM("slm0", "subprocess.Popen", {"args": "true"}).open()
+
+
+def test_lab_example_documents_a_working_simulated_stage_port(tmp_path) -> None:
+    """The example used to document `sim-smc100://`, which no handler serves."""
+    import re
+
+    port = re.search(r"`(sim\S*)` talks to the simulated controller", LAB.read_text()).group(1)
+    data = yaml.safe_load(LAB.read_text())
+    stage = {**data["devices"]["stage0"], "port": port}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({"devices": {"stage0": stage}}))
+    with open_devices(path) as devs:
+        assert devs["stage0"].info()["model"] == "TRA25CC"
