@@ -43,6 +43,22 @@ def _key(path: Path) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _checked_members(tar: tarfile.TarFile, dest: Path, archive: Path) -> list[tarfile.TarInfo]:
+    """Every member, checked by us (not only by `filter="data"`, which old Pythons lack):
+    regular files and folders only, relative names that stay inside `dest` after resolving."""
+    root = dest.resolve()
+    members = tar.getmembers()
+    for m in members:
+        if not (m.isfile() or m.isdir()):
+            kind = "link" if (m.issym() or m.islnk()) else "special file"
+            raise DataError(f"refusing {archive}: member {m.name!r} is a {kind}")
+        name = Path(m.name)
+        target = (root / name).resolve()
+        if name.is_absolute() or ".." in name.parts or not target.is_relative_to(root):
+            raise DataError(f"refusing {archive}: member {m.name!r} would land outside {dest}")
+    return members
+
+
 def _extract_once(archive: Path) -> Path:
     """Extract the archive into the cache (once; a marker file says it completed)."""
     target = cache_root() / f"imagefolder-{_key(archive)}"
@@ -53,11 +69,15 @@ def _extract_once(archive: Path) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            try:
-                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out
-            except TypeError:  # Python without extraction filters (< 3.10.12)
-                tar.extractall(tmp)
+            members = _checked_members(tar, tmp, archive)
+            # the "data" filter too where this Python has it (it also drops odd mode bits)
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, members=members, **kwargs)
+    except DataError:
+        import shutil
 
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot extract {archive}: {exc}") from exc
     (tmp / ".complete").write_text("ok\n")
