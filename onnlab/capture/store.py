@@ -18,6 +18,11 @@ are ignored and will be overwritten (the "truncate the tail" step, without touch
 A record that fails its crc at the end of the chain is a torn commit and is dropped; a bad
 record followed by valid ones, a chunk whose rows no longer match their sha256, a file without
 the magic, or a run with other requested indices is refused with a one-line `CaptureError`.
+Resuming verifies the checksums of every committed chunk it builds on, through a read-only
+open, BEFORE the file is opened for writing: a damaged file is refused untouched (byte for
+byte). A file HDF5 cannot open is classified, not guessed from a substring: held by another
+process (HDF5's "unable to lock file"), truncated (HDF5's end-of-file check: fewer bytes than
+the superblock records), not HDF5 at all (no signature), or otherwise corrupt.
 See `onnlab.capture.schema` for the exact layout.
 """
 
@@ -34,6 +39,7 @@ import h5py
 import numpy as np
 
 from onnlab.capture import schema
+from onnlab.capture.h5diagnose import why_unopenable
 from onnlab.capture.schema import CHUNK_DTYPE, ROW_FIELDS, CaptureSpec
 from onnlab.errors import CaptureError
 
@@ -95,26 +101,44 @@ class CaptureStore:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if not path.exists():
             cls._create(path, spec, chunk_size)
+        else:
+            cls._check_before_resume(path, spec)
         file = cls._h5open(path, "r+")
         try:
             on_disk = cls._read_spec(path, file)
-            mine, theirs = spec.identity(), on_disk.identity()
-            diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-            if diff:
-                shown = ", ".join(
-                    f"{k}: file {_short(theirs.get(k))} vs now {_short(mine[k])}" for k in diff
-                )
-                raise _fail(
-                    path,
-                    f"belongs to a different capture run ({shown}); "
-                    "rerun with the original arguments or choose a new --out",
-                )
+            cls._check_identity(path, spec, on_disk)
             store = cls(path, file, on_disk, writable=True, durable=durable)
         except BaseException:
             file.close()
             raise
         store.resumed_from = store.n_committed
         return store
+
+    @classmethod
+    def _check_before_resume(cls, path: Path, spec: CaptureSpec) -> None:
+        """Read-only (shared lock, nothing written): same run, intact chain, every committed
+        chunk's sha256 verified. A resume must never build on damaged rows."""
+        file = cls._h5open(path, "r", locking=True)
+        try:
+            on_disk = cls._read_spec(path, file)
+            cls._check_identity(path, spec, on_disk)
+            cls(path, file, on_disk, writable=False, durable=False).verify()
+        finally:
+            file.close()
+
+    @staticmethod
+    def _check_identity(path: Path, spec: CaptureSpec, on_disk: CaptureSpec) -> None:
+        mine, theirs = spec.identity(), on_disk.identity()
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            shown = ", ".join(
+                f"{k}: file {_short(theirs.get(k))} vs now {_short(mine[k])}" for k in diff
+            )
+            raise _fail(
+                path,
+                f"belongs to a different capture run ({shown}); "
+                "rerun with the original arguments or choose a new --out",
+            )
 
     @classmethod
     def read(cls, path: str | Path, *, verify: bool = True) -> CaptureStore:
@@ -133,21 +157,15 @@ class CaptureStore:
         return store
 
     @staticmethod
-    def _h5open(path: Path, mode: str) -> h5py.File:
+    def _h5open(path: Path, mode: str, *, locking: bool | None = None) -> h5py.File:
         # Readers take no lock: the layout never changes after creation and a commit only
         # writes raw bytes, so a reader (a progress monitor, a training job) safely sees the
         # committed prefix while a capture is running. Writers lock, so two captures of the
-        # same file are refused.
+        # same file are refused (a resume's read-only check locks too, for the same reason).
         try:
-            return h5py.File(path, mode, locking=mode != "r")
+            return h5py.File(path, mode, locking=(mode != "r") if locking is None else locking)
         except OSError as exc:
-            text = str(exc).lower()
-            why = (
-                "is open in another process (a capture still running?)"
-                if "lock" in text
-                else "is not a readable HDF5 file"
-            )
-            raise _fail(path, why) from exc
+            raise _fail(path, why_unopenable(path, exc)) from exc
 
     @staticmethod
     def _create(path: Path, spec: CaptureSpec, chunk_size: int) -> None:
@@ -198,7 +216,7 @@ class CaptureStore:
                 meta=json.loads(str(file.attrs["meta_json"])),
             )
             missing = [n for n in (*ROW_FIELDS, "chunks", "completion") if n not in file]
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, OSError) as exc:
             raise _fail(path, f"has a damaged header ({exc})") from exc
         if missing:
             raise _fail(path, f"lacks dataset(s) {', '.join(missing)}")

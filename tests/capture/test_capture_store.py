@@ -176,3 +176,97 @@ def test_foreign_and_mismatched_files_are_refused(tmp_path: Path) -> None:
         CaptureStore.open(path, changed)
     with pytest.raises(ValueError, match="duplicates"):
         CaptureSpec(np.array([1, 1]), "frames", (4, 4), "uint16")
+
+
+# ---------------------------------------------------------------- issue 16: damaged files
+
+
+def _flip_byte_in_chunk1(path: Path) -> None:
+    with h5py.File(path, "r") as f:
+        offset = f["data"].id.get_offset() + f["data"][0].nbytes * 5 + 3  # inside chunk 1
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x40]))
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("complete", [False, True], ids=["partial-run", "complete-run"])
+def test_resume_refuses_a_damaged_committed_chunk_and_leaves_the_file_untouched(
+    tmp_path: Path, complete: bool
+) -> None:
+    """Flipped pixel bytes used to be accepted: the capture went on and was marked complete."""
+    path = tmp_path / "run.h5"
+    spec = cw.spec(16, 0)
+    with CaptureStore.open(path, spec, chunk_size=4) as store:
+        for index in store.pending_indices[: 16 if complete else 10]:
+            cw.append_one(store, 0, index)
+    _flip_byte_in_chunk1(path)
+    before = _sha(path)
+    with pytest.raises(CaptureError, match=r"chunk 1 \(rows 4-7\) fails its sha256") as info:
+        CaptureStore.open(path, spec, chunk_size=4)
+    assert "\n" not in str(info.value)
+    assert _sha(path) == before  # refused before anything was written
+
+
+def _truncate(path: Path, keep: float) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(int(size * keep))
+
+
+@pytest.mark.parametrize("opener", ["read", "open"])
+def test_truncated_store_is_reported_as_truncated_not_locked(tmp_path: Path, opener) -> None:
+    """HDF5's truncation message mentions 'sblock', which the old check read as 'lock'."""
+    path = tmp_path / "run.h5"
+    _complete_store(path)
+    _truncate(path, 0.5)
+    with pytest.raises(CaptureError) as info:
+        if opener == "read":
+            CaptureStore.read(path)
+        else:
+            CaptureStore.open(path, cw.spec(16, 0))
+    msg = str(info.value)
+    assert "is truncated" in msg and "another process" not in msg
+    assert "bytes present" in msg
+
+
+def test_store_held_by_a_running_capture_is_reported_as_locked(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    _complete_store(path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r+'); print('ready', flush=True);"
+            " time.sleep(30)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(CaptureError, match="open in another process"):
+            CaptureStore.open(path, cw.spec(16, 0))
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
+
+
+def test_corrupt_hdf5_metadata_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    _complete_store(path)
+    with open(path, "r+b") as fh:  # keep the signature, destroy the superblock behind it
+        fh.seek(8)
+        fh.write(b"\xff" * 48)
+    with pytest.raises(CaptureError) as info:
+        CaptureStore.read(path)
+    msg = str(info.value)
+    assert "is corrupt" in msg and "another process" not in msg and "truncated" not in msg
