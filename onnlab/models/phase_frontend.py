@@ -49,7 +49,7 @@ Sampling: the constructor runs the Fraunhofer checks of `onnlab.optics.grid` for
 wavelength (phase pitch > lambda / 2; focal-plane period lambda f / pitch covers the window)
 and names `phase_samples` when N is too small. The model treats the N x N phase samples as
 point samples; a piecewise-constant fabricated mask adds a sinc envelope of the pixel, which at
-the window edge is >= 0.97 in power for the default systems (window <= 1/4.8 of the period).
+the window edge is >= 0.96 in power for the default systems (window <= 1/4.8 of the period).
 """
 
 from __future__ import annotations
@@ -90,6 +90,11 @@ _COMMON = dict(sensor_pitch_m=3.45e-6, aperture_shape="square")
 # Phase samples N across a sub-aperture and the material, per task (see the experiment configs).
 PHASE_SAMPLES: dict[str, int] = {"mnist": 64, "cifar10": 64, "segmentation": 64}
 MATERIAL: dict[str, str] = {"mnist": "SiO2", "cifar10": "SiO2", "segmentation": "SiO2"}
+# Sub-pixels per sensor pixel and axis for the pixel integration. The PSF intensity is band
+# limited to D / (lambda f), up to 1.6 cycles per 3.45 um pixel at 465 nm: a midpoint rule with
+# m sub-pixels integrates that component with error |sinc(1.6) - Dirichlet_m(1.6)|, ~4 % of the
+# peak for m = 3 (measured on the Airy pattern), <= 1 % for m = 7, at ~1.3x the cost of m = 3.
+OVERSAMPLE = 7
 
 
 def default_optics(task: str, n_kernels: int | None = None, **overrides: Any) -> OpticsConfig:
@@ -121,6 +126,7 @@ class PhaseSystem:
     optics: OpticsConfig
     material: Material
     phase_samples: int
+    oversample: int = OVERSAMPLE
 
 
 def check_sampling(optics: OpticsConfig, phase_samples: int) -> None:
@@ -170,7 +176,7 @@ class PhaseMaskFrontend(nn.Module):
         method: str = "auto",
         *,
         max_transmission: float = 1.0,
-        oversample: int = 3,
+        oversample: int = OVERSAMPLE,
         init_cycles: float = 1.0,
     ) -> None:
         super().__init__()

@@ -178,7 +178,12 @@ def build_student(task: str, **overrides: Any) -> HybridONN:
             raise ValueError("init_transmission is a free-frontend option (phase: efficiency)")
         system = _system(task, kw, n_kernels, kernel_px)
         frontend = PhaseMaskFrontend(
-            n_kernels, system.optics, system.material, system.phase_samples, **fkw
+            n_kernels,
+            system.optics,
+            system.material,
+            system.phase_samples,
+            oversample=system.oversample,
+            **fkw,
         )
         kw["optics"] = _json_optics(system.optics)
         kw["phase_samples"] = system.phase_samples
