@@ -276,3 +276,16 @@ def test_experiment_configs_hold_the_default_physical_systems(task):
     fe = PhaseMaskFrontend(1, o.model_copy(update={"aperture_hw_m": (5e-3, 5e-3)}), "SiO2", 64)
     fe.set_phases(torch.zeros(1, 64, 64))
     assert 0.9 < float(fe.efficiency().detach()) < 1.0
+
+
+def test_step_time_measurement_reports_both_frontends():
+    """The bench helper runs both students on one batch (no timing threshold here: the number
+    goes to `onnlab bench design --json`)."""
+    from onnlab.bench.design_step import measure_phase_over_free_step_time
+
+    out = measure_phase_over_free_step_time("mnist", batch_size=4, repeats=1, warmup=0)
+    assert out["phase_frontend_over_free_step_time"] > 0
+    assert out["free_step_s"] > 0 and out["phase_step_s"] > 0
+    assert out["phase_system"]["phase_samples"] == 64
+    with pytest.raises(ValueError, match="classification"):
+        measure_phase_over_free_step_time("segmentation", repeats=1)
