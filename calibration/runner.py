@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,8 +122,17 @@ def run_calibration(
     options: CalibrationOptions | None = None,
     progress: Progress | None = None,
     previous: CalibrationArtifact | None = None,
+    checkpoint: str | Path | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> CalibrationRun:
-    """Run ``steps`` (any subset of `STEPS`, always in canonical order) → `CalibrationRun`."""
+    """Run ``steps`` (any subset of `STEPS`, always in canonical order) → `CalibrationRun`.
+
+    ``checkpoint``: a file rewritten (atomically) after every finished step with everything
+    measured so far. When it exists at the start, the run resumes from it: its steps are not
+    measured again, its values seed the rest, and the stage returns to its focus position.
+    It is checked against this bench and design like any artifact. ``notes`` are recorded
+    in the artifact's metadata (e.g. whether the devices were simulated).
+    """
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"steps: unknown {unknown}; expected a subset of {list(STEPS)}")
@@ -139,13 +149,38 @@ def run_calibration(
     )
     if previous is not None:
         _seed_from(ctx, previous)
+    prior = load_checkpoint(checkpoint, setup)
+    if prior is not None:
+        _seed_from(ctx, prior)
+        _restore_focus(ctx, prior)
+        previous = prior
     results: dict[str, StepResult] = {}
     with single_thread():
         for name in STEPS:
-            if name in steps:
+            if name in steps and (prior is None or name not in prior.meta.steps):
                 results[name] = _run_step(name, ctx, opts)
-        art = build_artifact(setup, ctx, results, previous)
+                if checkpoint is not None:
+                    build_artifact(setup, ctx, results, previous, prior, notes).save(checkpoint)
+        art = build_artifact(setup, ctx, results, previous, prior, notes)
     return CalibrationRun(artifact=art, results=results, seconds=time.perf_counter() - t0)
+
+
+def load_checkpoint(path: str | Path | None, setup: BenchSetup) -> CalibrationArtifact | None:
+    """The partial artifact of an interrupted run of this bench and design, if there is one."""
+    if path is None or not Path(path).is_file():
+        return None
+    return CalibrationArtifact.load(
+        path, bench_config=setup.bench_config_hash, design=setup.design_psfs.detach().float()
+    )
+
+
+def _restore_focus(ctx: BenchContext, art: CalibrationArtifact) -> None:
+    """Put the stage back where the interrupted run's focus step left it."""
+    z = art.meta.focus_position_m
+    if z is None or "focus" not in art.meta.steps or ctx.stage is None:
+        return
+    ctx.stage.move_absolute(float(z), timeout_s=max(ctx.timeout_s, 30.0))
+    ctx.focus_position_m = float(ctx.stage.position_m)
 
 
 def _run_step(name: str, ctx: BenchContext, opts: CalibrationOptions) -> StepResult:
@@ -210,8 +245,14 @@ def build_artifact(
     ctx: BenchContext,
     results: dict[str, StepResult],
     previous: CalibrationArtifact | None,
+    prior: CalibrationArtifact | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> CalibrationArtifact:
-    """Assemble the artifact from what ``ctx`` learned (measured, seeded or nominal)."""
+    """Assemble the artifact from what ``ctx`` learned (measured, seeded or nominal).
+
+    ``prior``: the checkpoint of the interrupted run this one resumes; its step records and
+    step arrays are kept for the steps not measured again.
+    """
     design = setup.design_psfs.detach().float()
     n_k, n_c, k, _ = design.shape
     psf_res = results.get("psf")
@@ -246,6 +287,12 @@ def build_artifact(
         )
         for name, r in results.items()
     }
+    carried = {}
+    if prior is not None:
+        carried = {k: v for k, v in prior.meta.steps.items() if k not in steps}
+    merged = {**carried, **steps}
+    steps = {name: merged[name] for name in STEPS if name in merged}
+    frames_before = 0 if prior is None else int(prior.meta.notes.get("frames_captured", 0))
     h, w = setup.tiles.image_hw
     meta = CalibrationMeta(
         bench_config_hash=setup.bench_config_hash,
@@ -285,7 +332,12 @@ def build_artifact(
         ),
         focus_position_m=ctx.focus_position_m,
         steps=steps,
-        notes={"steps_run": list(results), "frames_captured": ctx.frames_captured},
+        notes={
+            **(notes or {}),
+            "steps_run": list(steps),
+            "frames_captured": frames_before + ctx.frames_captured,
+            **({"resumed_from": list(carried)} if carried else {}),
+        },
     )
     arrays: dict[str, Any] = {
         "psfs": psfs.numpy(),
@@ -293,9 +345,22 @@ def build_artifact(
         "alpha": alpha,
         "response_lut": response.lut,
     }
+    if prior is not None:
+        keep = {name for step in carried for name in STEP_ARRAYS[step]}
+        arrays.update({k: v for k, v in prior.arrays.items() if k in keep})
     for name, r in results.items():
         arrays.update(_step_arrays(name, r))
     return CalibrationArtifact(meta, arrays)
+
+
+# The report arrays each step writes (see `_step_arrays`): carried over on resume.
+STEP_ARRAYS: dict[str, tuple[str, ...]] = {
+    "dark": ("ptc_means_dn", "ptc_vars_dn2"),
+    "response": ("response_levels", "response_measured"),
+    "focus": ("focus_positions_m", "focus_metric"),
+    "registration": ("fiducials_measured_yx", "fiducials_predicted_yx"),
+    "psf": ("psf_residual_map_dn",),
+}
 
 
 def _step_values(name: str, r: StepResult) -> dict[str, float]:

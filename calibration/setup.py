@@ -44,7 +44,7 @@ def setup_from_devices(
     """Pick the SLM ``slm_id`` and the (only, or named) camera and stage; build the setup."""
     if slm_id not in devices or getattr(devices[slm_id], "kind", "") != "slm":
         slms = [i for i, d in devices.items() if getattr(d, "kind", "") == "slm"]
-        raise ConfigError(f"--device {slm_id!r} is not an SLM of this bench; SLMs: {slms}")
+        raise ConfigError(f"--slm {slm_id!r} is not an SLM of this bench; SLMs: {slms}")
 
     def pick(kind: str, wanted: str | None) -> Any:
         found = {i: d for i, d in devices.items() if getattr(d, "kind", "") == kind}

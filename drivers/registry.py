@@ -193,16 +193,10 @@ _TAGS = ("sim", "slmsuite", "genicam", "smc100")
 
 
 def _format_error(source: str, exc: ValidationError) -> str:
-    """First validation error as 'file: field.path: what was expected, got X'."""
-    first = exc.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    if len(loc) >= 3 and loc[0] == "devices" and loc[2] in _TAGS:
-        del loc[2]  # the union tag pydantic inserts is not a field the user wrote
-    more = exc.error_count() - 1
-    extra = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
-    got = first.get("input")
-    got_txt = "" if isinstance(got, dict) or first["type"] == "missing" else f", got {got!r}"
-    return f"{source}: {'.'.join(loc) or '<root>'}: {first['msg']}{got_txt}{extra}"
+    """First validation error as 'file: field.path: what was expected, got X' (shared helper)."""
+    from onnlab.config_errors import format_validation
+
+    return format_validation(source, exc, BenchConfig, drop=_TAGS)
 
 
 def parse_bench_config(data: Any, source: str = "<config>") -> BenchConfig:

@@ -2,8 +2,10 @@
 
 Each command group lives in its own module under `onnlab.commands` and registers itself via
 `register(app)`; heavy imports (torch models, h5py, drivers) happen inside command bodies so
-that `onnlab --help` stays instant. `main()` turns every user-fixable error into one line on
-stderr (exit code 2) instead of a traceback; `ONNLAB_DEBUG=1` shows the traceback.
+that `onnlab --help` stays instant. `main()` turns every user-fixable error (`OnnlabError`,
+device errors, click usage errors) into one line on stderr and exit code 2; every other
+exception is a bug and keeps its traceback (`ONNLAB_DEBUG=1` shows it for user errors too).
+Long commands turn Ctrl-C into `Interrupted`: one line saying what was kept and how to resume.
 """
 
 from __future__ import annotations
@@ -24,7 +26,46 @@ COMMAND_MODULES = (
     "onnlab.commands.capture",
     "onnlab.commands.finetune",
     "onnlab.commands.bench",
+    "onnlab.commands.design",
+    "onnlab.commands.sweep",
 )
+
+
+def _plain_help() -> None:
+    """Help that reads as words, not Python types.
+
+    typer prints a '<bool>' type for every on/off flag (and --help), a '<file>' type next to
+    an argument's name, and '{NAME}' for a required argument in the usage line. A flag takes
+    no value and an argument's metavar already names it, so show neither; a required
+    argument is written bare (`onnlab evaluate CHECKPOINT`), an optional one in brackets.
+    Every option declares a word-like metavar (INT, DIR, KEY=VALUE, a|b|c), see
+    `onnlab.commands.options`.
+    """
+    from typer.core import TyperArgument, TyperOption
+
+    if getattr(TyperOption.display_type_rich, "_onnlab", False):
+        return
+    option_type = TyperOption.display_type_rich
+
+    def display_option_type(self: TyperOption, ctx: object) -> str | None:
+        if getattr(self, "is_flag", False):
+            return None
+        return option_type(self, ctx)  # type: ignore[arg-type]
+
+    def display_argument_type(self: TyperArgument, ctx: object) -> str | None:
+        return None
+
+    def usage_name(self: TyperArgument) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    display_option_type._onnlab = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_option_type  # type: ignore[method-assign]
+    TyperArgument.display_type_rich = display_argument_type  # type: ignore[method-assign]
+    TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+
+
+_plain_help()
 
 app = typer.Typer(
     name="onnlab",
@@ -55,34 +96,58 @@ for _name in COMMAND_MODULES:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean 'bad input or bad bench', shown as one line, not a traceback."""
-    from pydantic import ValidationError
-
+    """Bad input or a bad bench: one line, exit 2. Anything else is a bug with a traceback."""
     from drivers.errors import DeviceError
     from onnlab.errors import OnnlabError
 
-    return (OnnlabError, DeviceError, ValueError, FileNotFoundError, ValidationError)
+    return (OnnlabError, DeviceError)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"error: {type(exc).__name__}: {text}"
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _click_error(exc: Exception) -> str:
+    """A click usage error as 'onnlab CMD: message' (no usage box, no panel)."""
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    text = exc.format_message().replace("Value error, ", "")  # type: ignore[attr-defined]
+    return _one_line(where + text)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: one line and exit 2 for user errors, 130 on Ctrl-C."""
+    from typer import Abort
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    from onnlab.errors import Interrupted
+
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # torchrun: join the DDP process group first
+        from onnlab.training.distributed import init_from_env
+
+        init_from_env(quiet=True)
     try:
-        app(args=argv, standalone_mode=True)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        code = app(args=argv, standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `onnlab` or `onnlab teacher` alone: show the help
+        typer.echo(exc.ctx.get_help())  # type: ignore[union-attr]
+        sys.exit(0)
+    except ClickException as exc:
+        print(f"error: {_click_error(exc)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except Interrupted as exc:
+        print(f"interrupted: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the filter below re-raises programming errors
         if os.environ.get("ONNLAB_DEBUG") or not isinstance(exc, _user_error_types()):
             raise
-        print(_one_line(exc), file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
+    if code == 130:  # typer turns a bare KeyboardInterrupt into exit code 130
+        print("interrupted (this command keeps nothing to resume)", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,19 @@
 """User-facing error types of the onnlab workflows.
 
-The CLI turns every `OnnlabError` (and `ValueError`, which the physics layer raises for
-bad parameters) into one line on stderr and exit code 2. Device errors live in
+The CLI turns every `OnnlabError` (and the typed device errors of `drivers.errors`) into one
+line on stderr and exit code 2. Everything else is a bug and keeps its traceback. So input is
+checked, and its errors converted to these types, where it is read: option parsing, config
+files, checkpoints, data folders, design and calibration files. Device errors live in
 `drivers.errors` because layer 3 must not import the workflows; the CLI handles both.
 """
 
 
 class OnnlabError(Exception):
     """Base class: something the user can fix (a path, a config value, a calibration)."""
+
+
+class UsageError(OnnlabError):
+    """A command-line option contradicts another or the data; the message names the flag."""
 
 
 class ConfigError(OnnlabError):
@@ -28,3 +34,7 @@ class CalibrationError(OnnlabError):
 
 class CaptureError(OnnlabError):
     """A capture store is corrupt, foreign, or does not match the requested run."""
+
+
+class Interrupted(OnnlabError):
+    """Ctrl-C in a long command; the message says what was kept and how to resume (exit 130)."""

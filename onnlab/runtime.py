@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,52 @@ def runs_root() -> Path:
 
 
 def make_run_dir(kind: str, root: Path | None = None) -> Path:
-    """Create a fresh, uniquely named run directory `<root>/<kind>-<UTC time>-<id>`."""
+    """Create a fresh, uniquely named run directory `<root>/<kind>-<UTC time>-<id>`.
+
+    Under torchrun (an initialised torch.distributed group) rank 0 names and creates it and
+    every other rank receives that name, so a DDP job writes one run folder, not one per rank.
+    """
+    import torch.distributed as dist
+
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     path = (root or runs_root()) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
-    path.mkdir(parents=True, exist_ok=False)
+    ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if not ddp or dist.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=False)
+    if ddp:
+        box = [str(path)]
+        dist.broadcast_object_list(box, src=0)
+        path = Path(box[0])
     return path
+
+
+def holds_results(path: Path) -> bool:
+    """Whether a run folder holds anything worth keeping (beyond its config and temp files)."""
+    return any(
+        p.is_file() and p.name != "config.json" and ".tmp" not in p.name
+        for p in Path(path).rglob("*")
+    )
+
+
+@contextmanager
+def run_folder(kind: str, out: str | Path | None = None) -> Iterator[Path]:
+    """The run folder of a command: `out` (created or reused) or a fresh one under runs/.
+
+    If the command fails or is interrupted before writing anything worth keeping, a folder
+    that this call created is removed again, so failed runs leave no empty folders behind.
+    """
+    created = out is None or not Path(out).exists()
+    if out is None:
+        path = make_run_dir(kind)
+    else:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if created and path.is_dir() and not holds_results(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _jsonable(value: Any) -> Any:

@@ -58,8 +58,16 @@ def read_psfs(path: str | Path) -> torch.Tensor:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"design PSFs not found: {p}")
-    arr = np.load(p, allow_pickle=False) if p.suffix == ".npy" else torch.load(p, weights_only=True)
-    psfs = torch.as_tensor(arr, dtype=torch.float32)
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        else:
+            arr = torch.load(p, weights_only=True)
+        psfs = torch.as_tensor(arr, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - a foreign file fails in many ways; say which file
+        raise ValueError(
+            f"{p}: not a PSF array (.npy, or .pt holding one tensor): {type(exc).__name__}"
+        ) from exc
     if psfs.ndim != 4 or psfs.shape[2] != psfs.shape[3]:
         raise ValueError(f"{p}: expected (K, C, k, k) PSFs, got {tuple(psfs.shape)}")
     return psfs

@@ -67,6 +67,7 @@ def capture_command(
         "data_root": None if data_root is None else str(data_root),
         "bench_config": bench.model_dump(mode="json"),
         "bench_config_sha256": bench_config_sha256(bench),
+        "simulated": any(d.driver == "sim" for d in bench.devices.values()),
         "calibration_id": extractor.calibration_id if extractor else None,
         "calibration_path": None if calibration is None else str(calibration),
         "model_id": extractor.design_id if extractor else None,
@@ -100,8 +101,9 @@ def capture_command(
 
             with CaptureStore.read(out, verify=False) as store:
                 done = store.n_committed
-            print(
-                f"interrupted: {done} frames committed in {out}; rerun the same command to resume"
-            )
-            raise
+            from onnlab.errors import Interrupted
+
+            raise Interrupted(
+                f"{done} frames committed in {out}; rerun the same command to resume"
+            ) from None
     return summary.to_dict()

@@ -8,9 +8,12 @@ process, so the numbers are comparable across machines. The JSON also goes to a 
 from __future__ import annotations
 
 import json
+from enum import Enum
 from importlib import import_module
 
 import typer
+
+from onnlab.commands.options import json_option, seed0_option
 
 BENCHMARKS: dict[str, str] = {
     "optics": "frontend forward+backward throughput: direct vs FFT vs naive loop",
@@ -19,22 +22,29 @@ BENCHMARKS: dict[str, str] = {
     "estimate": "pre-fabrication estimate vs trained accuracy, and its speed-up",
 }
 
+Benchmark = Enum("Benchmark", {k: k for k in BENCHMARKS}, type=str)  # type: ignore[misc]
+
 
 def register(app: typer.Typer) -> None:
     """Add `onnlab bench`."""
 
     @app.command("bench")
     def bench(
-        name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHMARKS)}."),
-        as_json: bool = typer.Option(False, "--json", help="Print only the JSON result."),
-        quick: bool = typer.Option(False, "--quick", help="Fewer repeats / smaller sizes."),
-        seed: int = typer.Option(0, help="Seed for data, models and noise."),
+        name: Benchmark = typer.Argument(
+            ...,
+            metavar="NAME",
+            help="Benchmark: " + "; ".join(f"{k} ({v})" for k, v in BENCHMARKS.items()) + ".",
+            show_default=False,
+        ),
+        as_json: bool = json_option(),
+        quick: bool = typer.Option(False, "--quick", help="Use fewer repeats and smaller sizes."),
+        seed0: int = seed0_option("Seed of data, models and noise."),
     ) -> None:
         """Run a benchmark and print its JSON result (also saved under runs/)."""
         from onnlab.runtime import make_run_dir, to_jsonable, write_json
 
-        if name not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+        name = name.value  # type: ignore[assignment]
+        seed = seed0
         result = import_module(f"onnlab.bench.{name}").run(quick=quick, seed=seed)
         run_dir = make_run_dir(f"bench-{name}")
         write_json(run_dir / "result.json", result)

@@ -14,6 +14,8 @@ from typing import Any
 
 import typer
 
+from onnlab.commands.options import config_option, console, json_option
+
 
 def _describe(info: dict[str, Any]) -> str:
     if info.get("resolution_hw"):
@@ -29,9 +31,10 @@ def probe_devices(config_path: Path, timeout_s: float = 10.0) -> dict[str, Any]:
     """Open, describe and close every device of a bench config; never raises for a device."""
     from drivers.camera_genicam import find_producers
     from drivers.errors import DeviceError
-    from drivers.registry import build_sim_bench, create_device, load_bench_config
+    from drivers.registry import build_sim_bench, create_device
+    from onnlab.commands.options import bench_config
 
-    config = load_bench_config(config_path)
+    config, _ = bench_config(config_path)
     rows: list[dict[str, Any]] = []
     sim_bench = None
     if any(d.driver == "sim" for d in config.devices.values()):
@@ -71,11 +74,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("devices")
     def devices(
-        config: Path | None = typer.Option(
-            None, "--config", "-c", help="Bench config (default configs/bench/sim.yaml)."
+        config: Path | None = config_option(),
+        as_json: bool = json_option(),
+        timeout_s: float = typer.Option(
+            10.0, min=0.0, metavar="SECONDS", help="Timeout for opening and probing each device."
         ),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-        timeout_s: float = typer.Option(10.0, help="Timeout for opening and probing each device."),
     ) -> None:
         """List and probe every device of a bench (kind, driver, serial, size, status)."""
         from drivers.registry import default_config_path
@@ -93,7 +96,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -121,7 +123,7 @@ def _print_table(report: dict[str, Any]) -> None:
             _describe(info),
             status if not row["ok"] else escape(status),
         )
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     for dev_id, files in report["producers"].items():
-        console.print(f"GenTL producers for {dev_id}: {', '.join(files) or 'none found'}")
+        out.print(f"GenTL producers for {dev_id}: {', '.join(files) or 'none found'}")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+from onnlab.commands.options import Task, data_root_option, json_option, seed0_option, task_option
+
 # Images per split when not given: every pixel is a sample in segmentation, so fewer images.
 SPLIT_SIZES = {"classification": (1000, 500, 1000), "segmentation": (100, 20, 50)}
 SWEEP_POINTS = 9
@@ -30,6 +32,8 @@ def sweep_scales(aperture_mm: tuple[float, float], kernel_mm: float) -> list[flo
 
 def _check_lengths(aperture_mm: tuple[float, float], kernel_mm: float, spacing_mm: float) -> None:
     """One-line errors that name the CLI option (the library names the SI parameter)."""
+    from onnlab.errors import UsageError
+
     lengths = {
         "--aperture-mm height": aperture_mm[0],
         "--aperture-mm width": aperture_mm[1],
@@ -37,17 +41,17 @@ def _check_lengths(aperture_mm: tuple[float, float], kernel_mm: float, spacing_m
     }
     for label, value in lengths.items():
         if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{label} must be a positive length in mm, got {value:g}")
+            raise UsageError(f"{label} must be a positive length in mm, got {value:g}")
     if not (math.isfinite(spacing_mm) and spacing_mm >= 0):
-        raise ValueError(f"--spacing-mm must be a non-negative length in mm, got {spacing_mm:g}")
+        raise UsageError(f"--spacing-mm must be a non-negative length in mm, got {spacing_mm:g}")
     if kernel_mm > min(aperture_mm):
-        raise ValueError(
+        raise UsageError(
             f"--kernel-mm {kernel_mm:g} is larger than the aperture --aperture-mm "
             f"{aperture_mm[0]:g} x {aperture_mm[1]:g}: no kernel fits"
         )
 
 
-def _splits(task: str, data_root: str | None, seed: int, n_train: int, n_val: int, n_test: int):
+def _splits(task: str, data_root: Path | None, seed: int, n_train: int, n_val: int, n_test: int):
     from onnlab.data import load_dataset
     from onnlab.estimate.estimator import Split
 
@@ -124,34 +128,65 @@ def register(app: typer.Typer) -> None:
 
     @app.command("estimate")
     def estimate(
-        aperture_mm: tuple[float, float] = typer.Option(..., help="Aperture height width (mm)."),
-        kernel_mm: float = typer.Option(..., help="Side of one kernel's sub-aperture (mm)."),
-        spacing_mm: float = typer.Option(..., help="Minimum edge spacing between kernels (mm)."),
-        task: str = typer.Option("mnist", help="mnist | cifar10 | segmentation"),
-        kernel_px: int = typer.Option(None, help="PSF side in sensor pixels (task default)."),
-        pool: int = typer.Option(None, help="Sensor binning before the readout (task default)."),
-        hidden: list[int] = typer.Option(
-            [], help="Hidden widths (repeat). Default: one FC; segmentation: 1x1 MLP of 64."
+        aperture_mm: tuple[float, float] = typer.Option(
+            ..., metavar="H W", help="Aperture height and width (mm)."
         ),
-        wavelength_nm: list[float] = typer.Option([], help="One per colour channel (repeat)."),
-        sensor_pitch_um: float = typer.Option(3.45, help="Sensor pixel pitch (um)."),
-        n_train: int = typer.Option(None, help="Training images (default 1000; seg. 100)."),
-        n_val: int = typer.Option(None, help="Validation images, ridge choice (500; seg. 20)."),
-        n_test: int = typer.Option(None, help="Test images, the reported score (1000; seg. 50)."),
-        data_root: str = typer.Option(None, help="Data root (default $ONNLAB_DATA or bundled)."),
-        seed: int = typer.Option(0, help="Seed of the data split and the random PSFs."),
+        kernel_mm: float = typer.Option(
+            ..., metavar="MM", help="Side of one kernel's sub-aperture (mm)."
+        ),
+        spacing_mm: float = typer.Option(
+            ..., metavar="MM", help="Minimum edge spacing between kernels (mm)."
+        ),
+        task: Task = task_option(Task.mnist),
+        kernel_px: int | None = typer.Option(
+            None, min=1, metavar="INT", help="PSF side in sensor pixels (default: the task's)."
+        ),
+        pool: int | None = typer.Option(
+            None,
+            min=1,
+            metavar="INT",
+            help="Sensor binning before the readout (default: the task's).",
+        ),
+        hidden: list[int] = typer.Option(
+            [],
+            metavar="INT",
+            help="Hidden width (repeatable); default: one FC layer, segmentation a 1x1 MLP of 64.",
+        ),
+        wavelength_nm: list[float] = typer.Option(
+            [], metavar="NM", help="Wavelength of one colour channel in nm (repeatable)."
+        ),
+        sensor_pitch_um: float = typer.Option(3.45, metavar="UM", help="Sensor pixel pitch (um)."),
+        n_train: int | None = typer.Option(
+            None, metavar="INT", help="Training images (default: 1000; segmentation 100)."
+        ),
+        n_val: int | None = typer.Option(
+            None,
+            metavar="INT",
+            help="Validation images for the ridge choice (default: 500; segmentation 20).",
+        ),
+        n_test: int | None = typer.Option(
+            None,
+            metavar="INT",
+            help="Test images for the reported score (default: 1000; segmentation 50).",
+        ),
+        data_root: Path | None = data_root_option(),
+        seed0: int = seed0_option("Seed of the data split and the random PSFs."),
         sweep: bool = typer.Option(False, help="Also sweep the aperture size; writes a PNG."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        as_json: bool = json_option(),
     ) -> None:
         """Predict the accuracy of a frontend design (and of infinitely many kernels)."""
+        seed = seed0
+        task = task.value  # type: ignore[assignment]
         _check_lengths(aperture_mm, kernel_mm, spacing_mm)
         defaults = SPLIT_SIZES["segmentation" if task == "segmentation" else "classification"]
         n_train = defaults[0] if n_train is None else n_train
         n_val = defaults[1] if n_val is None else n_val
         n_test = defaults[2] if n_test is None else n_test
+        from onnlab.errors import UsageError
+
         for name, value in (("--n-train", n_train), ("--n-val", n_val), ("--n-test", n_test)):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise UsageError(f"{name} must be >= 1, got {value}")
         import torch
 
         from onnlab.estimate.design import design_network
@@ -174,7 +209,10 @@ def register(app: typer.Typer) -> None:
                 sensor_pitch_m=sensor_pitch_um * 1e-6,
             )
 
-        design = make(aperture_mm)
+        try:  # the design rules check the options (wavelength per channel, pool, sizes)
+            design = make(aperture_mm)
+        except ValueError as exc:
+            raise UsageError(f"design options: {exc}") from exc
         for line in design.describe():
             say(line)
         train, val, test = _splits(task, data_root, seed, n_train, n_val, n_test)

@@ -1,7 +1,9 @@
 """CLI: `onnlab finetune` - post-fabrication compensation of the digital backend.
 
 `--sim` is the main demo (simulated fabrication -> calibration -> capture -> fine-tuning);
-without it the command fine-tunes a trained model on capture stores from a real bench.
+without it the command fine-tunes a trained model on capture stores from a real bench. Every
+stage leaves its result in the run folder (models, calibration, captures, fine-tuning
+epochs), so Ctrl-C keeps what finished and rerunning with the same `--out` resumes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,20 @@ from pathlib import Path
 
 import typer
 
+from onnlab.commands.options import (
+    Task,
+    console,
+    data_root_option,
+    json_option,
+    progress_option,
+    seed0_option,
+    task_option,
+)
+
+
+def _file(help_text: str) -> object:
+    return typer.Option(None, metavar="FILE", exists=True, dir_okay=False, help=help_text)
+
 
 def register(app: typer.Typer) -> None:
     """Add `onnlab finetune` to the root app."""
@@ -18,109 +34,153 @@ def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune(
         sim: bool = typer.Option(
-            False, "--sim", help="simulate a fabricated bench end to end (the main demo)"
+            False, "--sim", help="Simulate a fabricated bench end to end (the main demo)."
         ),
-        task: str = typer.Option("mnist", "--task", help="mnist | cifar10 | segmentation"),
-        experiment: Path = typer.Option(
-            None, "--experiment", help="experiment YAML (default configs/experiments/TASK.yaml)"
+        task: Task = task_option(Task.mnist),
+        experiment: Path | None = typer.Option(
+            None,
+            "--experiment",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            help="Experiment YAML (default: configs/experiments/TASK.yaml).",
         ),
-        epochs: int = typer.Option(None, "--epochs", help="fine-tuning epochs (override)"),
-        seed: int = typer.Option(0, "--seed", help="training / selection seed"),
-        seeds: int = typer.Option(
-            1, "--seeds", help="number of fabrication seeds (FAB, FAB+1, ...): mean ± std"
+        epochs: int | None = typer.Option(
+            None,
+            "--epochs",
+            min=1,
+            metavar="INT",
+            help="Fine-tuning epochs (default: the experiment's).",
         ),
-        fabrication_seed: int = typer.Option(
-            0, "--fabrication-seed", help="seed of the hidden fabrication errors"
+        seed0: int = seed0_option("Seed of training, the captured subset and fine-tuning."),
+        fabrication_seeds: int = typer.Option(
+            1,
+            "--fabrication-seeds",
+            min=1,
+            metavar="INT",
+            help="Number of simulated fabrications (mean ± std over them).",
         ),
-        data_root: str = typer.Option(None, "--data-root", help="dataset folder ($ONNLAB_DATA)"),
-        tiny: bool = typer.Option(False, "--tiny", help="seconds-long variant (tests)"),
-        student: Path = typer.Option(None, "--student", help="trained student checkpoint"),
-        teacher: Path = typer.Option(None, "--teacher", help="teacher checkpoint"),
-        calibration: Path = typer.Option(
-            None, "--calibration", help="calibration artifact the captures were made with"
+        fabrication_seed0: int = typer.Option(
+            0,
+            "--fabrication-seed0",
+            metavar="INT",
+            help="Seed of the first simulated fabrication's hidden errors.",
         ),
+        data_root: Path | None = data_root_option(),
+        tiny: bool = typer.Option(False, "--tiny", help="Run the seconds-long variant (tests)."),
+        student: Path | None = _file("Trained student checkpoint."),
+        teacher: Path | None = _file("Teacher checkpoint."),
+        calibration: Path | None = _file("Calibration artifact the captures were made with."),
         train_capture: list[Path] = typer.Option(
-            None, "--train-capture", help="capture store(s) of training images (repeatable)"
+            [],
+            "--train-capture",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            help="Capture store of training images (repeatable).",
         ),
-        test_capture: Path = typer.Option(None, "--test-capture", help="capture store of tests"),
-        run_dir: Path = typer.Option(
-            None, "--run-dir", help="run directory (reused: cached models, resumed captures)"
+        test_capture: Path | None = _file("Capture store of the test images."),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            metavar="DIR",
+            file_okay=False,
+            help="Run folder; rerun with the same folder to resume (default: a fresh folder "
+            "under runs/).",
         ),
-        threads: int = typer.Option(
+        threads: int | None = typer.Option(
             None,
             "--threads",
-            help="torch CPU threads (default 1 for mnist, where more threads only wait on "
-            "each other; 0 = torch's default)",
+            min=0,
+            metavar="INT",
+            show_default="1 for mnist, else torch's",
+            help="Torch CPU threads; 0 means torch's default.",
         ),
-        json_out: bool = typer.Option(False, "--json", help="print the results as JSON"),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        json_out: bool = json_option(),
+        progress: bool = progress_option(),
     ) -> None:
         """Fine-tune the backend on captured features: none vs end-to-end vs NTKD."""
         import contextlib
         import sys
 
         import torch
-        from rich.console import Console
 
+        from onnlab.errors import Interrupted, UsageError
+        from onnlab.runtime import holds_results, run_folder
+
+        name = task.value
+        if not sim and (
+            student is None or teacher is None or not train_capture or not test_capture
+        ):
+            raise UsageError(
+                "without --sim, pass --student, --teacher, --train-capture and --test-capture"
+            )
+        if sim and (train_capture or test_capture or calibration):
+            raise UsageError("--sim captures its own data: drop --train-capture, --test-capture, "
+                             "--calibration")  # fmt: skip
         if threads is None:
-            threads = 1 if task == "mnist" else 0
+            threads = 1 if name == "mnist" else 0
         if threads > 0:
             torch.set_num_threads(threads)
-        console = Console(stderr=json_out)
-        log = console.print  # with --json on stderr, so stdout stays pure JSON
+        out_console = console(stderr=json_out)
+        log = out_console.print  # with --json on stderr, so stdout stays pure JSON
         # with --json, everything else (training logs, progress) goes to stderr
         quiet = contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
-        with quiet:
-            if sim:
-                from onnlab.finetune.sim import SimOptions, run_sim
+        kind = f"finetune-sim-{name}" if sim else f"finetune-{name}"
+        with quiet, run_folder(kind, out) as run_dir:
+            try:
+                if sim:
+                    from onnlab.finetune.sim import SimOptions, run_sim
 
-                payload = run_sim(
-                    SimOptions(
-                        task=task,
-                        experiment=experiment,
-                        epochs=epochs,
-                        seed=seed,
-                        fabrication_seed=fabrication_seed,
-                        n_fabrications=seeds,
+                    payload = run_sim(
+                        SimOptions(
+                            task=name,
+                            experiment=experiment,
+                            epochs=epochs,
+                            seed=seed0,
+                            fabrication_seed=fabrication_seed0,
+                            n_fabrications=fabrication_seeds,
+                            data_root=None if data_root is None else str(data_root),
+                            tiny=tiny,
+                            student=student,
+                            teacher=teacher,
+                            run_dir=run_dir,
+                            progress=progress and not json_out,
+                            log=log,
+                        )
+                    )
+                else:
+                    from onnlab.finetune.lab import run_lab
+
+                    payload = run_lab(
+                        student=student,  # type: ignore[arg-type]
+                        teacher=teacher,  # type: ignore[arg-type]
+                        calibration=calibration,
+                        train_captures=list(train_capture),
+                        test_capture=test_capture,  # type: ignore[arg-type]
                         data_root=data_root,
-                        tiny=tiny,
-                        student=student,
-                        teacher=teacher,
+                        epochs=epochs,
+                        seed=seed0,
+                        experiment=experiment,
                         run_dir=run_dir,
                         progress=progress and not json_out,
                         log=log,
                     )
-                )
-            else:
-                from onnlab.finetune.lab import run_lab
-
-                if student is None or teacher is None or not train_capture or not test_capture:
-                    raise typer.BadParameter(
-                        "without --sim, pass --student, --teacher, --train-capture and "
-                        "--test-capture"
-                    )
-                payload = run_lab(
-                    student=student,
-                    teacher=teacher,
-                    calibration=calibration,
-                    train_captures=list(train_capture),
-                    test_capture=test_capture,
-                    data_root=data_root,
-                    epochs=epochs,
-                    seed=seed,
-                    experiment=experiment,
-                    run_dir=run_dir,
-                    progress=progress and not json_out,
-                    log=log,
-                )
+            except KeyboardInterrupt:
+                if not holds_results(run_dir):
+                    raise Interrupted("nothing finished yet, nothing kept") from None
+                raise Interrupted(
+                    f"finished stages (models, calibration, captures, epochs) kept in {run_dir}; "
+                    f"resume with the same command and --out {run_dir}"
+                ) from None
         if json_out:
             slim = {k: v for k, v in payload.items() if k != "details"}
             typer.echo(json.dumps(slim, indent=2, default=str))
             return
         from onnlab.finetune.report import rich_table
 
-        console.print(rich_table(payload["runs"], payload["metric"], payload["task"]))
-        console.print(
+        out_console.print(rich_table(payload["runs"], payload["metric"], payload["task"]))
+        out_console.print(
             f"NTKD recovers {100 * payload['ntkd_recovery']:.1f} % of the simulation "
             f"{payload['metric']}; {payload['seconds']:.0f} s; results in {payload['run_dir']}"
         )

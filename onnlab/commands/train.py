@@ -1,36 +1,43 @@
 """CLI commands: `onnlab teacher train`, `onnlab train`, `onnlab evaluate`.
 
 Heavy imports (torch, models) live inside the command bodies so `onnlab --help` stays instant.
+Every check of the user's input happens before a run folder is created or data is loaded.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-TASK_HELP = "mnist | cifar10 | segmentation"
+from onnlab.commands.options import (
+    Method,
+    Split,
+    Task,
+    choices,
+    data_root_option,
+    device_option,
+    out_option,
+    progress_option,
+    seed0_option,
+    task_option,
+)
+
 teacher_app = typer.Typer(
     help="Train the all-digital teachers used for distillation.", no_args_is_help=True
 )
 
 
-def _out_dir(out: Path | None, kind: str) -> Path:
-    from onnlab.runtime import make_run_dir
+def parse_opts(items: list[str], flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; values parsed as int, float, bool or left as text (UsageError)."""
+    from onnlab.errors import UsageError
 
-    if out is None:
-        return make_run_dir(kind)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _parse_opts(items: list[str], flag: str = "--loss-opt") -> dict:
-    """KEY=VALUE pairs; values parsed as int, float, bool or left as text."""
-    opts: dict = {}
+    opts: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
-        key, text = item.split("=", 1)
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
         value: object = text
         for cast in (int, float):
             try:
@@ -44,132 +51,254 @@ def _parse_opts(items: list[str], flag: str = "--loss-opt") -> dict:
     return opts
 
 
+def check_architecture(task: str, role: str, arch: dict[str, Any]) -> None:
+    """Build the model once so a wrong --arch key or value fails before any work."""
+    from onnlab.errors import UsageError
+    from onnlab.models.zoo import build_model
+
+    if not arch:
+        return
+    try:
+        build_model(task, role, **arch)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--arch {arch}: {exc}") from exc
+
+
+def check_loss(method: str, task: str, teacher: Any, opts: dict[str, Any]) -> None:
+    """Build the objective once: an unknown --loss-opt key or a bad value is a UsageError."""
+    import inspect
+
+    from onnlab.errors import UsageError
+    from onnlab.training.losses import make_loss
+
+    if method == "none":
+        if opts:
+            raise UsageError(f"--method none takes no loss options, got {sorted(opts)}")
+        return
+    if method == "kd":
+        from onnlab.training.losses import KDLoss as cls
+    else:
+        from onnlab.distill.objective import NTKDObjective as cls
+    params = inspect.signature(cls.__init__).parameters
+    valid = sorted(p for p in params if p not in ("self", "teacher", "task", "params"))
+    for key in opts:
+        if key not in valid:
+            from onnlab.config_errors import nearest
+
+            guess = nearest(key, valid)
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            raise UsageError(
+                f"--loss-opt {key}: not an option of {method}{hint} (options: {', '.join(valid)})"
+            )
+    try:
+        make_loss(method, task, teacher, **opts)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{method} loss options {opts}: {exc}") from exc
+
+
+def _interrupted(run_dir: Path, what: str, rerun: str) -> Any:
+    from onnlab.errors import Interrupted
+    from onnlab.runtime import holds_results
+
+    if run_dir.is_dir() and holds_results(run_dir):
+        return Interrupted(f"{what} kept in {run_dir}; resume with `{rerun} --out {run_dir}`")
+    return Interrupted("nothing finished yet, nothing kept")
+
+
 @teacher_app.command("train")
 def teacher_train(
-    task: str = typer.Option(..., help=TASK_HELP),
-    epochs: int | None = typer.Option(None, help="Epochs (default per task)."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default per task)."),
-    lr: float | None = typer.Option(None, help="Peak learning rate (default per task)."),
-    label_smoothing: float | None = typer.Option(
-        None, help="Label smoothing of the cross-entropy (default per task: 0.1 for cifar10)."
+    task: Task = task_option(),
+    epochs: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Epochs (default: the task's, see training/config.py)."
     ),
-    seed: int = typer.Option(0, help="Seed of init, split and batch order."),
-    data_root: Path | None = typer.Option(None, help="Data root (default $ONNLAB_DATA)."),
-    limit: int | None = typer.Option(None, help="Use at most this many training images."),
-    eval_limit: int | None = typer.Option(None, help="At most this many val/test images."),
-    out: Path | None = typer.Option(None, help="Run directory (reuse one to resume)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    register: bool = typer.Option(True, help="Copy the result to runs/teachers/<task>.pt."),
-    arch: list[str] = typer.Option([], help="Architecture option KEY=VALUE, e.g. width=16."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    batch_size: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Batch size (default: the task's)."
+    ),
+    lr: float | None = typer.Option(
+        None, min=0.0, metavar="FLOAT", help="Peak learning rate (default: the task's)."
+    ),
+    label_smoothing: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=0.99,
+        metavar="FLOAT",
+        help="Label smoothing of the cross-entropy (default: 0.1 for cifar10, else 0).",
+    ),
+    seed0: int = seed0_option("Seed of the initialisation, the train/val split and batches."),
+    data_root: Path | None = data_root_option(),
+    limit: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Use at most this many training images."
+    ),
+    eval_limit: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Use at most this many validation and test images."
+    ),
+    out: Path | None = out_option(),
+    device: str = device_option(),
+    register: bool | None = typer.Option(
+        None,
+        "--register/--no-register",
+        show_default="register unless --limit",
+        help="Make it the default teacher of this task and dataset (runs/teachers/).",
+    ),
+    arch: list[str] = typer.Option(
+        [], metavar="KEY=VALUE", help="Architecture option, e.g. width=16 (repeatable)."
+    ),
+    progress: bool = progress_option(),
 ) -> None:
     """Train the task's teacher (LeNet, CifarNet, U-Net) and test it."""
+    from onnlab.runtime import run_folder
     from onnlab.training.config import default_config
-    from onnlab.training.runner import train_teacher
+    from onnlab.training.runner import registered_teacher_path, train_teacher
 
+    name = task.value
+    architecture = parse_opts(arch, "--arch")
+    check_architecture(name, "teacher", architecture)
     config = default_config(
-        task,
+        name,
         "teacher",
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         label_smoothing=label_smoothing,
-        seed=seed,
+        seed=seed0,
         device=device,
         progress=progress,
     )
-    run_dir = _out_dir(out, f"teacher-{task}")
-    typer.echo(f"run directory: {run_dir}")
-    summary = train_teacher(
-        task,
-        config,
-        run_dir,
-        data_root=data_root,
-        limit=limit,
-        eval_limit=eval_limit,
-        register=register and limit is None,
-        architecture=_parse_opts(arch, "--arch"),
-    )
+    do_register = (limit is None) if register is None else register
+    target = registered_teacher_path(name, data_root)
+    with run_folder(f"teacher-{name}", out) as run_dir:
+        typer.echo(f"run directory: {run_dir}")
+        try:
+            summary = train_teacher(
+                name,
+                config,
+                run_dir,
+                data_root=data_root,
+                limit=limit,
+                eval_limit=eval_limit,
+                register=do_register,
+                architecture=architecture,
+            )
+        except KeyboardInterrupt:
+            rerun = f"onnlab teacher train --task {name}"
+            raise _interrupted(run_dir, "finished epochs", rerun) from None
     typer.echo(f"test: {summary['test']}  ({summary['train_time_s']:.0f} s training)")
     typer.echo(f"checkpoint: {summary['checkpoint']}")
     if "registered" in summary:
         typer.echo(f"registered teacher: {summary['registered']}")
+    else:
+        why = f"--limit {limit}" if limit is not None and register is None else "--no-register"
+        typer.echo(
+            f"not registered as the default teacher ({why}); `onnlab train --method kd` "
+            f"needs --teacher {summary['checkpoint']} (or rerun with --register to replace "
+            f"{target})"
+        )
 
 
 def train_command(
-    task: str = typer.Option(..., help=TASK_HELP),
-    method: str = typer.Option("none", help="none (task loss) | kd (Hinton) | ntkd."),
-    seeds: int = typer.Option(1, help="Number of seeds (seed0, seed0+1, ...)."),
-    seed0: int = typer.Option(0, help="First seed."),
+    task: Task = task_option(),
+    method: Method = typer.Option(
+        Method.none,
+        "--method",
+        metavar=choices(Method),
+        help="Transfer method: none (task loss only), kd (Hinton) or ntkd.",
+    ),
+    seeds: int = typer.Option(
+        1, "--seeds", min=1, metavar="INT", help="Number of seeds: seed0, seed0+1, ..."
+    ),
+    seed0: int = seed0_option(),
     teacher: Path | None = typer.Option(
-        None, help="Teacher checkpoint (default runs/teachers/<task>.pt)."
+        None,
+        metavar="FILE",
+        exists=True,
+        dir_okay=False,
+        help="Teacher checkpoint (default: the one registered for this task and dataset).",
     ),
-    epochs: int | None = typer.Option(None, help="Epochs (default per task)."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default per task)."),
-    lr: float | None = typer.Option(None, help="Peak learning rate (default per task)."),
-    alpha: float | None = typer.Option(None, help="KD/NTKD weight alpha."),
-    temperature: float | None = typer.Option(None, help="KD temperature."),
-    beta: float | None = typer.Option(None, help="NTKD weight beta."),
-    loss_opt: list[str] = typer.Option([], help="Extra loss option KEY=VALUE (repeatable)."),
-    data_root: Path | None = typer.Option(
-        None, help="Data root (default $ONNLAB_DATA, else bundled)."
+    epochs: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Epochs (default: the task's)."
     ),
-    limit: int | None = typer.Option(None, help="Use at most this many training images."),
-    eval_limit: int | None = typer.Option(None, help="At most this many val/test images."),
-    pseudo_negative: bool = typer.Option(False, help="Pseudo-negative PSF pairs."),
-    arch: list[str] = typer.Option([], help="Student architecture option KEY=VALUE."),
-    out: Path | None = typer.Option(None, help="Run directory (reuse one to resume)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    batch_size: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Batch size (default: the task's)."
+    ),
+    lr: float | None = typer.Option(
+        None, min=0.0, metavar="FLOAT", help="Peak learning rate (default: the task's)."
+    ),
+    alpha: float | None = typer.Option(
+        None,
+        metavar="FLOAT",
+        show_default="kd 0.5, ntkd 1.0",
+        help="Weight alpha of the distillation term.",
+    ),
+    temperature: float | None = typer.Option(
+        None, metavar="FLOAT", show_default="10", help="Softmax temperature of KD."
+    ),
+    beta: float | None = typer.Option(
+        None, metavar="FLOAT", show_default="1.0", help="Weight beta of the NTK term (ntkd)."
+    ),
+    loss_opt: list[str] = typer.Option(
+        [], metavar="KEY=VALUE", help="Further loss option, e.g. ntk_batch=32 (repeatable)."
+    ),
+    data_root: Path | None = data_root_option(),
+    limit: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Use at most this many training images."
+    ),
+    eval_limit: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Use at most this many validation and test images."
+    ),
+    pseudo_negative: bool = typer.Option(
+        False, help="Use pseudo-negative PSF pairs (signed kernels from two PSFs)."
+    ),
+    arch: list[str] = typer.Option(
+        [], metavar="KEY=VALUE", help="Student architecture option (repeatable)."
+    ),
+    out: Path | None = out_option(),
+    device: str = device_option(),
+    progress: bool = progress_option(),
 ) -> None:
     """Train hybrid-ONN students with a transfer method over several seeds; test mean ± std."""
+    from onnlab.runtime import run_folder
     from onnlab.training.config import default_config
-    from onnlab.training.losses import METHODS
-    from onnlab.training.runner import train_students
+    from onnlab.training.runner import load_teacher, train_students
 
-    if method not in METHODS:
-        raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    name, how = task.value, method.value
     opts = {
         k: v
         for k, v in (("alpha", alpha), ("temperature", temperature), ("beta", beta))
         if v is not None
     }
-    opts.update(_parse_opts(loss_opt))
-    if method == "none" and opts:
-        raise ValueError(f"--method none takes no loss options, got {sorted(opts)}")
+    opts.update(parse_opts(loss_opt, "--loss-opt"))
+    architecture = {
+        **parse_opts(arch, "--arch"),
+        **({"pseudo_negative": True} if pseudo_negative else {}),
+    }
+    check_architecture(name, "student", architecture)
     config = default_config(
-        task,
-        "student",
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
+        name, "student", epochs=epochs, batch_size=batch_size, lr=lr, device=device,
         progress=progress,
-    )
-    if method != "none":  # fail before creating a run directory
-        from onnlab.training.runner import load_teacher
-
-        load_teacher(task, teacher)
-    run_dir = _out_dir(out, f"train-{task}-{method}")
-    typer.echo(f"run directory: {run_dir}")
-    summary = train_students(
-        task,
-        method,
-        list(range(seed0, seed0 + seeds)),
-        config,
-        run_dir,
-        data_root=data_root,
-        limit=limit,
-        eval_limit=eval_limit,
-        teacher_path=teacher,
-        loss_options=opts,
-        architecture={
-            **_parse_opts(arch, "--arch"),
-            **({"pseudo_negative": True} if pseudo_negative else {}),
-        },
-    )
+    )  # fmt: skip
+    teacher_model = None
+    if how != "none":  # fail before creating a run directory
+        teacher_model, _ = load_teacher(name, teacher, data_root)
+    check_loss(how, name, teacher_model, opts)
+    with run_folder(f"train-{name}-{how}", out) as run_dir:
+        typer.echo(f"run directory: {run_dir}")
+        try:
+            summary = train_students(
+                name,
+                how,
+                list(range(seed0, seed0 + seeds)),
+                config,
+                run_dir,
+                data_root=data_root,
+                limit=limit,
+                eval_limit=eval_limit,
+                teacher_path=teacher,
+                loss_options=opts,
+                architecture=architecture,
+            )
+        except KeyboardInterrupt:
+            rerun = f"onnlab train --task {name} --method {how} --seeds {seeds} --seed0 {seed0}"
+            raise _interrupted(run_dir, "finished seeds and epochs", rerun) from None
     stats = summary["test"]
     typer.echo(
         f"test {summary['metric']}: {100 * stats['mean']:.2f} ± {100 * stats['std']:.2f} % "
@@ -179,36 +308,57 @@ def train_command(
 
 
 def evaluate_command(
-    checkpoint: Path = typer.Argument(..., help="A model.pt written by onnlab."),
-    split: str = typer.Option("test", help="train | val | test."),
-    data_root: Path | None = typer.Option(
-        None, help="Data root (default $ONNLAB_DATA, else bundled)."
+    checkpoint: Path = typer.Argument(
+        ...,
+        metavar="CHECKPOINT",
+        exists=True,
+        dir_okay=False,
+        help="A model.pt written by onnlab.",
+        show_default=False,
     ),
-    limit: int | None = typer.Option(None, help="Evaluate at most this many images."),
-    seed: int = typer.Option(0, help="Seed of the train/val split."),
-    out: Path | None = typer.Option(None, help="Run directory for metrics.json."),
+    split: Split = typer.Option(Split.test, metavar=choices(Split), help="Split to score."),
+    data_root: Path | None = data_root_option(),
+    limit: int | None = typer.Option(
+        None, min=1, metavar="INT", help="Evaluate at most this many images."
+    ),
+    seed0: int | None = typer.Option(
+        None,
+        "--seed0",
+        metavar="INT",
+        show_default="the checkpoint's",
+        help="Seed of the train/val split.",
+    ),
+    out: Path | None = out_option(),
 ) -> None:
-    """Evaluate a checkpoint on a data split and write metrics.json."""
+    """Evaluate a checkpoint on a data split and write metrics.json.
+
+    Refuses a dataset other than the one the checkpoint was trained on (Carvana vs synthetic).
+    """
     from onnlab.data import load_dataset
-    from onnlab.runtime import write_json
+    from onnlab.runtime import run_folder, write_json
     from onnlab.training.checkpoint import load_checkpoint
     from onnlab.training.metrics import evaluate
+    from onnlab.training.runner import check_dataset
 
     model, meta = load_checkpoint(checkpoint)
-    dataset = load_dataset(meta["task"], split, data_root, seed=seed, limit=limit)
+    check_dataset(meta, meta["task"], data_root, f"checkpoint {checkpoint}")
+    seed = int(meta.get("seed", 0)) if seed0 is None else seed0
+    dataset = load_dataset(meta["task"], split.value, data_root, seed=seed, limit=limit)
     metrics = evaluate(model, dataset, meta["task"])
-    run_dir = _out_dir(out, "evaluate")
-    write_json(
-        run_dir / "metrics.json",
-        {
-            "checkpoint": str(checkpoint),
-            "task": meta["task"],
-            "role": meta["role"],
-            "split": split,
-            "n": len(dataset),
-            "metrics": metrics,
-        },
-    )
+    with run_folder("evaluate", out) as run_dir:
+        write_json(
+            run_dir / "metrics.json",
+            {
+                "checkpoint": str(checkpoint),
+                "task": meta["task"],
+                "role": meta["role"],
+                "dataset": meta.get("dataset"),
+                "split": split.value,
+                "seed": seed,
+                "n": len(dataset),
+                "metrics": metrics,
+            },
+        )
     typer.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (n={len(dataset)})")
     typer.echo(f"run directory: {run_dir}")
 

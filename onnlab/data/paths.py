@@ -29,3 +29,19 @@ def resolve_data_root(data_root: str | Path | None) -> Path | None:
 def cache_root() -> Path:
     """Cache for extracted archives: $ONNLAB_CACHE or ~/.cache/onnlab."""
     return Path(os.environ.get("ONNLAB_CACHE", Path.home() / ".cache" / "onnlab"))
+
+
+def dataset_identity(task: str, data_root: str | Path | None) -> dict[str, str | None]:
+    """Which data a run used: {"dataset": name, "data_root": resolved folder or None}.
+
+    Names: ``mnist-sample`` (the bundled digits) or ``mnist``; ``cifar10``; ``synthetic``
+    (the seeded stand-in) or ``carvana``. Checkpoints record it, so `onnlab evaluate` can
+    refuse to score a Carvana model on the synthetic set, and teachers are registered per
+    dataset (a Carvana teacher never replaces the synthetic one).
+    """
+    root = resolve_data_root(data_root)
+    if root is None:
+        name = {"mnist": "mnist-sample", "segmentation": "synthetic"}.get(task, task)
+    else:
+        name = {"segmentation": "carvana"}.get(task, task)
+    return {"dataset": name, "data_root": None if root is None else str(root.resolve())}

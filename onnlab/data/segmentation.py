@@ -147,6 +147,25 @@ def _decode_carvana(
     return images, masks
 
 
+def _cache_key(base: Path, n_images: int) -> str:
+    """Content key of a Carvana folder: images and masks (an edited mask must be reloaded).
+
+    Folder mtimes change when files are added, removed or renamed; a mask edited in place
+    changes only its own mtime, so the newest mask mtime and the masks' total size count too.
+    """
+    masks = [p.stat() for p in (base / "train_masks").glob("*_mask.gif")]
+    parts = [
+        str(base.resolve()),
+        str(n_images),
+        str((base / "train").stat().st_mtime_ns),
+        str((base / "train_masks").stat().st_mtime_ns),
+        str(len(masks)),
+        str(max((s.st_mtime_ns for s in masks), default=0)),
+        str(sum(s.st_size for s in masks)),
+    ]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+
 def load_carvana_source(
     root: Path, source: str, image_hw: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -173,8 +192,7 @@ def load_carvana_source(
     keep = [i for i, car in enumerate(cars) if (car in test_cars) == (source == "test")]
     if not keep:
         raise DataError(f"{base / 'train'} holds a single car: cannot split train from test")
-    stat = (base / "train").stat()
-    key = hashlib.sha1(f"{base.resolve()}|{len(all_ids)}|{int(stat.st_mtime)}".encode()).hexdigest()
+    key = _cache_key(base, len(all_ids))
     cache = cache_root() / f"carvana-{source}-{image_hw[0]}x{image_hw[1]}-{key[:12]}.npz"
     if cache.is_file():
         with np.load(cache) as npz:

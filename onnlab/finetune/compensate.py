@@ -171,6 +171,7 @@ def finetune_backend(
         loss,
         Path(run_dir) / method,
         params=list(backend.parameters()),
+        label=f"{task} backend fine-tuning ({'end-to-end' if method == 'end_to_end' else 'NTKD'})",
     )
     return backend, history
 

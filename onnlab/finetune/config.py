@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from onnlab.config_errors import format_validation
 from onnlab.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments"
@@ -136,12 +137,8 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format(source: str, exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    got = first.get("input")
-    got_txt = "" if isinstance(got, dict) or first["type"] == "missing" else f", got {got!r}"
-    return f"{source}: {loc}: {first['msg']}{got_txt}"
+def _format(source: str, exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    return format_validation(source, exc, model)
 
 
 def parse_experiment(data: Any, source: str, *, tiny: bool = False) -> ExperimentConfig:
@@ -154,7 +151,7 @@ def parse_experiment(data: Any, source: str, *, tiny: bool = False) -> Experimen
             merged = deep_merge(data, config.tiny)
             config = ExperimentConfig.model_validate({**merged, "source": source})
     except ValidationError as exc:
-        raise ConfigError(_format(source, exc)) from exc
+        raise ConfigError(_format(source, exc, ExperimentConfig)) from exc
     return config
 
 
@@ -193,4 +190,6 @@ def train_config(task: str, role: str, overrides: dict[str, Any], source: str, *
     try:
         return default_config(task, role, **{**overrides, **extra})
     except ValidationError as exc:
-        raise ConfigError(_format(f"{source} ({role} training)", exc)) from exc
+        from onnlab.training.config import TrainConfig
+
+        raise ConfigError(_format(f"{source} ({role} training)", exc, TrainConfig)) from exc

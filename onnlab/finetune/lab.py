@@ -43,7 +43,7 @@ def run_lab(
     calibration: Path | None,
     train_captures: list[Path],
     test_capture: Path,
-    data_root: str | None,
+    data_root: str | Path | None,
     epochs: int | None,
     seed: int,
     experiment: Path | None,
@@ -120,6 +120,7 @@ def run_lab(
     agg = aggregate([row])
     payload = {
         "task": task,
+        "simulated": any(bool(m.get("simulated")) for m in metas.values()),
         "metric": metric,
         **{k: agg[k]["mean"] for k in ("simulation", "no_compensation", "end_to_end", "ntkd")},
         "seconds": time.perf_counter() - started,

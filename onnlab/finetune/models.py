@@ -7,6 +7,7 @@ bench. The training loop itself resumes an interrupted stage from its `state.pt`
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,21 @@ def get_teacher(
     task = cfg.task
     existing = _load_existing(checkpoint, run_dir, task, "teacher")
     if existing is not None:
+        print(f"{task} teacher: reusing {existing[1]['source']}", file=sys.stderr)
         return existing
     config = train_config(task, "teacher", cfg.teacher.train, str(cfg.source), seed=seed)
     config = config.model_copy(update={"progress": progress})
     seed_everything(seed)
     model = build_teacher(task)
-    history = train(model, data["train"], data["val"], config, TaskLoss(task), run_dir / "teacher")
+    history = train(
+        model,
+        data["train"],
+        data["val"],
+        config,
+        TaskLoss(task),
+        run_dir / "teacher",
+        label=f"{task} teacher",
+    )
     return model.eval(), {"source": "trained", "train_time_s": history["train_time_s"]}
 
 
@@ -95,6 +105,7 @@ def get_student(
     task = cfg.task
     existing = _load_existing(checkpoint, run_dir, task, "student")
     if existing is not None:
+        print(f"{task} student: reusing {existing[1]['source']}", file=sys.stderr)
         return existing
     method = cfg.student.method
     opts = dict({"ntkd": cfg.student.ntkd, "kd": cfg.student.kd}.get(method, {}))
@@ -113,6 +124,7 @@ def get_student(
         loss,
         run_dir / "student",
         meta={"method": method, "seed": seed},
+        label=f"{task} student ({method}, in simulation)",
     )
     return model.eval(), {
         "source": "trained",

@@ -32,7 +32,7 @@ class SimOptions:
     seed: int = 0
     fabrication_seed: int = 0
     n_fabrications: int = 1
-    data_root: str | None = None
+    data_root: str | Path | None = None
     tiny: bool = False
     student: str | Path | None = None
     teacher: str | Path | None = None
@@ -118,7 +118,10 @@ def run_one_fabrication(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     bench, layout = fabricate(student, cfg, fabrication_seed)
-    opts.log(f"fabricated {bench!r} (hidden errors: seed {fabrication_seed})")
+    opts.log(
+        f"fabricated a SIMULATED bench of the trained design: {layout['rows']}x{layout['cols']} "
+        f"tiles, hidden fabrication errors from seed {fabrication_seed}"
+    )
     design = student.frontend.psfs().detach().cpu()
     bench_hash = bench_config_sha256(
         {"sim_seed": fabrication_seed, "fabrication": cfg.fabrication.model_dump()}
@@ -128,6 +131,7 @@ def run_one_fabrication(
     if artifact.is_file():  # same design, same fabrication: its stores stay valid
         try:
             extractor = load_extractor(artifact, bench_config=bench_hash, design=design)
+            opts.log(f"reusing the calibration of an earlier run: {artifact}")
         except CalibrationError as exc:
             opts.log(f"cached calibration not reusable ({exc}); recalibrating")
             for stale in fab_dir.glob("capture-*.h5"):
@@ -227,12 +231,17 @@ def run_one_fabrication(
 
 def run_sim(opts: SimOptions) -> dict[str, Any]:
     """The whole demo; returns the JSON payload (also written to the run dir)."""
+    from onnlab.errors import UsageError
     from onnlab.finetune.models import get_student, get_teacher
     from onnlab.finetune.report import aggregate, write_report
     from onnlab.runtime import make_run_dir, seed_everything
     from onnlab.training.metrics import evaluate, primary_metric
 
     started, cpu_started = time.perf_counter(), time.process_time()
+    if opts.n_fabrications < 1:
+        raise UsageError(f"--fabrication-seeds must be >= 1, got {opts.n_fabrications}")
+    if opts.epochs is not None and opts.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {opts.epochs}")
     cfg = load_experiment(opts.task, opts.experiment, tiny=opts.tiny)
     if opts.run_dir is not None:
         run_dir = Path(opts.run_dir)
@@ -268,6 +277,7 @@ def run_sim(opts: SimOptions) -> dict[str, Any]:
     agg = aggregate(rows)
     payload: dict[str, Any] = {
         "task": cfg.task,
+        "simulated": True,
         "metric": metric,
         **{
             key: agg[key]["mean"] for key in ("simulation", "no_compensation", "end_to_end", "ntkd")

@@ -71,9 +71,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors have many types
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        # torch's own message is long and suggests weights_only=False (never do that for a
+        # file of unknown origin): name the file and the failure kind only.
+        raise CheckpointError(
+            f"not an onnlab checkpoint: {path} (torch.load failed: {type(exc).__name__})"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an onnlab checkpoint")
+        raise CheckpointError(f"not an onnlab checkpoint: {path} (no onnlab format marker)")
     if payload.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} has format version {payload['version']} > {VERSION}")
     return payload

@@ -1,4 +1,4 @@
-"""`onnlab calibrate --device slm0 --sim` writes the artifact, report and summary; bad input is
+"""`onnlab calibrate --slm slm0 --sim` writes the artifact, report and summary; bad input is
 one line."""
 
 from __future__ import annotations
@@ -14,21 +14,22 @@ from onnlab.cli import app, main
 
 
 def test_calibrate_sim_writes_artifact_and_report(tmp_path) -> None:
+    out = tmp_path / "cal"
     result = CliRunner().invoke(
-        app,
-        ["calibrate", "--device", "slm0", "--sim", "--quick", "--out", str(tmp_path), "--json"],
+        app, ["calibrate", "--slm", "slm0", "--sim", "--quick", "--out", str(out), "--json"]
     )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
-    run_dirs = list(tmp_path.iterdir())
-    assert len(run_dirs) == 1 and run_dirs[0].name.startswith("calibrate-")
-    names = {p.name for p in run_dirs[0].iterdir()}
+    summary = json.loads(result.stdout)
+    assert result.stderr.splitlines()[0].startswith("SIMULATED")  # said first, not buried
+    names = {p.name for p in out.iterdir()}
     assert names == {"calibration.h5", "report.png", "summary.json"}
-    assert (run_dirs[0] / "report.png").stat().st_size > 10_000
+    assert (out / "report.png").stat().st_size > 10_000
+    assert summary["simulated"] is True
     art = CalibrationArtifact.load(
         summary["artifact"], bench_config=load_bench_config(default_config_path())
     )
     assert set(art.meta.steps) == set(summary["steps"])
+    assert art.meta.notes["simulated"] is True  # recorded in the artifact itself
     assert summary["steps"]["psf"]["residual"] < 1.5
 
 
@@ -50,7 +51,7 @@ def test_calibrate_partial_rerun_reuses_a_previous_artifact(tmp_path, calibrated
         ],
     )
     assert result.exit_code == 0, result.output
-    art = CalibrationArtifact.load(json.loads(result.output)["artifact"], bench_config=cfg)
+    art = CalibrationArtifact.load(json.loads(result.stdout)["artifact"], bench_config=cfg)
     assert list(art.meta.steps) == ["dark"]
     assert art.psfs.tolist() == run.artifact.psfs.tolist()  # PSFs carried over, not defaults
 
@@ -59,7 +60,7 @@ def test_calibrate_partial_rerun_reuses_a_previous_artifact(tmp_path, calibrated
     ("args", "message"),
     [
         (["--steps", "dark,teleport"], "--steps"),
-        (["--device", "cam0"], "is not an SLM"),
+        (["--slm", "cam0"], "is not an SLM"),
         (["--steps", "psf"], "psf step needs the dark, response, registration step(s)"),
     ],
 )

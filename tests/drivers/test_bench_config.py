@@ -84,13 +84,13 @@ def test_stage_through_registry_with_simulated_smc100(tmp_path) -> None:
         (
             "devices: {s: {kind: stage, driver: smc100, limits_m: [0, 1]}}",
             "devices.s.port",
-            "Field required",
+            "is required",
         ),
         ("devices: {a: {kind: laser}}", "devices.a.kind", "'slm', 'camera' or 'stage'"),
         (
             "devices: {c: {kind: camera, driver: sim, exposure: 1}}",
             "devices.c.exposure",
-            "Extra inputs",
+            "unknown key",
         ),
         ("devices: {a: {kind: slm}, b: {kind: slm}}", "devices", "at most one simulated slm"),
         ("devices: {}", "devices", "at least one device"),

@@ -28,7 +28,7 @@ def _invoke(*args: str) -> dict:
 
 def test_finetune_sim_tiny_end_to_end(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    payload = _invoke("--sim", "--tiny", "--run-dir", str(run_dir))
+    payload = _invoke("--sim", "--tiny", "--out", str(run_dir))
     for key in KEYS:
         assert 0.0 <= payload[key] <= 1.0
     assert payload["seconds"] > 0 and payload["student"]["method"] == "kd"
@@ -46,7 +46,7 @@ def test_finetune_sim_tiny_end_to_end(tmp_path: Path) -> None:
             assert store.spec.content == "features" and store.meta["calibration_id"]
 
     # rerun on the same run dir: models and calibration from the cache, captures complete
-    again = _invoke("--sim", "--tiny", "--run-dir", str(run_dir), "--epochs", "1")
+    again = _invoke("--sim", "--tiny", "--out", str(run_dir), "--epochs", "1")
     assert again["student"]["source"].startswith("cache")
     assert again["no_compensation"] == payload["no_compensation"]
     assert again["simulation"] == payload["simulation"]
@@ -63,7 +63,7 @@ def test_finetune_sim_tiny_end_to_end(tmp_path: Path) -> None:
         str(fab / "capture-train.h5"),
         "--test-capture",
         str(fab / "capture-test.h5"),
-        "--run-dir",
+        "--out",
         str(tmp_path / "lab"),
         "--epochs",
         "1",
@@ -108,7 +108,7 @@ def test_finetune_sim_segmentation_tiny_improves_on_no_compensation(tmp_path: Pa
         "segmentation",
         "--experiment",
         str(experiment),
-        "--run-dir",
+        "--out",
         str(tmp_path / "run"),
     )
     assert payload["metric"] == "miou"
