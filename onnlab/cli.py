@@ -26,8 +26,6 @@ COMMAND_MODULES = (
     "onnlab.commands.capture",
     "onnlab.commands.finetune",
     "onnlab.commands.bench",
-    "onnlab.commands.design",
-    "onnlab.commands.sweep",
 )
 
 
