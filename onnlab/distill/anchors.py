@@ -7,6 +7,15 @@ setup, for ``count`` disjoint batches of ``batch`` samples; each training step t
 the student on the next anchor batch (a seeded, reshuffled cycle over the pool), so a step does no
 teacher work at all and its teacher Gram is exact.
 
+Under DistributedDataParallel (``torchrun``) the pool is split across ranks, not replicated:
+rank r owns anchors r, r + W, r + 2W, ... of the global selection, computes only their teacher
+Grams, and aligns one of its own anchor batches per step.  Each anchor batch's Gram is complete
+within one rank, so no Gram is ever block-diagonal; DDP then averages the per-rank NTKD
+gradients, which is the gradient of the mean NTKD loss over the W anchor batches of that step
+(the same value a single process computes on those anchors; tests/training/test_ddp_ntkd.py).
+Gathering Jacobians across ranks instead would cost an all-gather of B x C x P per step and
+buys nothing: the anchor Grams are fixed-size and already complete.
+
 Student and teacher inputs come from the same dataset fields the training loop uses:
 ``dataset.images`` for the student (raw images for a hybrid, captured feature maps in
 backend-only compensation) and ``dataset.teacher_images`` (falling back to ``images``) for the
@@ -45,6 +54,15 @@ def select_anchors(n_samples: int, batch: int, count: int, seed: int) -> Tensor:
         )
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n_samples, generator=gen)[: usable * batch].view(usable, batch)
+
+
+def _shard() -> tuple[int, int]:
+    """(rank, world size) of the initialised torch.distributed process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class AnchorPool:
@@ -96,13 +114,16 @@ class AnchorPool:
         device: torch.device | str | None = None,
         output_fn: Callable[[Tensor], Tensor] | None = None,
         chunk_size: int | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> AnchorPool:
         """Select anchors from ``dataset`` and compute each batch's exact teacher Gram once.
 
         The Grams are taken in eval mode without a graph, one anchor batch at a time (the
         structured engine's cost is linear in the batch, so grouping saves nothing and would
         only raise peak memory).  ``device``: where the student inputs and Grams are kept
-        (default: the teacher's device).
+        (default: the teacher's device).  ``shard=(rank, world_size)``: keep only this rank's
+        share of the selected anchors (default: the torch.distributed process group's, if one
+        is initialised; ``(0, 1)``: the whole pool).
         """
         t0 = time.perf_counter()
         images = dataset.images
@@ -111,6 +132,15 @@ class AnchorPool:
         if x_teacher_all.shape[0] != images.shape[0]:
             raise ValueError("dataset.teacher_images and dataset.images differ in length")
         idx = select_anchors(images.shape[0], batch, count, seed)
+        rank, size = _shard() if shard is None else shard
+        if not 0 <= rank < size:
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < size: {shard}")
+        if idx.shape[0] < size:
+            raise ValueError(
+                f"{idx.shape[0]} anchor batch(es) cannot be split over {size} processes; "
+                "raise the anchor count or use fewer processes"
+            )
+        idx = idx[rank::size]
         params = list(teacher.parameters())
         t_device = params[0].device if params else torch.device("cpu")
         keep = torch.device(device) if device is not None else t_device

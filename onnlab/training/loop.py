@@ -7,6 +7,10 @@ after every epoch), `metrics.json`, `curves.png` and, at the end, `model.pt`. Ca
 again on the same run directory resumes after the last finished epoch and produces the same
 numbers as an uninterrupted run: batch order and augmentation come from per-epoch seeded
 generators and the learning rate is a pure function of the step.
+
+Under ``torchrun`` the same call trains one DistributedDataParallel replica per process
+(``onnlab.training.distributed``): each rank takes its share of the same global batch, rank 0
+alone writes the run directory and evaluates the validation set, and resume works as above.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from torch import nn
 
 from onnlab.data.base import ArrayDataset
 from onnlab.errors import ConfigError, OnnlabError
-from onnlab.runtime import default_device, seed_everything, to_jsonable, write_json
+from onnlab.runtime import seed_everything, to_jsonable, write_json
+from onnlab.training import distributed
 from onnlab.training.augment import augment_batch
 from onnlab.training.checkpoint import atomic_torch_save, model_meta, save_checkpoint
 from onnlab.training.config import RESUMABLE_CHANGES, TrainConfig, learning_rate
@@ -32,10 +37,6 @@ from onnlab.training.metrics import evaluate, primary_metric
 from onnlab.training.report import plot_curves
 
 STATE_FILE = "state.pt"
-
-
-def _device(name: str) -> torch.device:
-    return default_device() if name == "auto" else torch.device(name)
 
 
 def _param_groups(
@@ -148,7 +149,9 @@ def train(
             every progress and epoch line, so a log says what is training.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    world = distributed.init_from_env()  # one process: rank 0 of 1
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     task = config.task or train_set.task or model_meta(model).get("task")
     if task is None:
         raise ValueError("config.task is None and the dataset does not name its task")
@@ -157,11 +160,13 @@ def train(
         raise ValueError("train_set is empty")
     if config.keep_best and (val_set is None or len(val_set) == 0):
         raise ValueError("keep_best needs a validation set to choose the best epoch on")
-    device = _device(config.device)
-    resume = (run_dir / STATE_FILE).is_file()
+    device = distributed.device_for(config.device)
+    resume = distributed.broadcast((run_dir / STATE_FILE).is_file(), world)
     if resume:
         _check_resumable(run_dir, config)
-    write_json(run_dir / "config.json", config.model_dump())
+    distributed.barrier(world)  # every rank has read the old config.json before it is rewritten
+    if world.is_main:
+        write_json(run_dir / "config.json", config.model_dump())
 
     seed_everything(config.seed)
     model.to(device)
@@ -173,6 +178,7 @@ def train(
     optimizer = _optimizer(groups, config)
     n = len(train_set)
     bs = min(config.batch_size, n)
+    local_bs = distributed.local_batch_size(bs, world.size)  # this rank's share of a batch
     steps_per_epoch = n // bs  # drop the ragged last batch: BatchNorm needs > 1 sample
     total_steps = steps_per_epoch * config.epochs
     history: dict[str, Any] = {"task": task, "metric": primary_metric(task), "epochs": []}
@@ -191,12 +197,13 @@ def train(
     if callable(prepare):  # e.g. NTKD anchor batches: exact teacher Grams computed once
         t_prep = time.perf_counter()
         step0 = start_epoch * steps_per_epoch  # per-step state resumes where it stopped
-        prepare(train_set, device, config.seed, batch_size=bs, step=step0)
+        prepare(train_set, device, config.seed, batch_size=local_bs, step=step0)
         history["prepare_time_s"] = time.perf_counter() - t_prep
 
     metric = history["metric"]
     name = label or task
-    with _progress(config.progress) as bar:
+    net = distributed.wrap(model, device, world)  # DDP averages gradients across ranks
+    with _progress(config.progress and world.is_main) as bar:
         if resume:
             bar.console.print(
                 f"{name}: resuming after epoch {start_epoch}/{config.epochs} "
@@ -206,7 +213,8 @@ def train(
             t0 = time.perf_counter()
             model.train()
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen)  # the same global order on every rank
+            aug_gen = gen if not world.distributed else _rank_generator(config, epoch, world)
             sums: dict[str, float] = defaultdict(float)
             job = bar.add_task(
                 f"{name} epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, info=""
@@ -216,9 +224,10 @@ def train(
                 lr = learning_rate(config, step, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
-                batch = _make_batch(train_set, order[i * bs : (i + 1) * bs], config, gen, device)
-                value, logs = loss(model, batch)
-                if not torch.isfinite(value):
+                idx = distributed.shard(order[i * bs : (i + 1) * bs], world)
+                batch = _make_batch(train_set, idx, config, aug_gen, device)
+                value, logs = loss(net, batch)
+                if not _finite(value, world):
                     raise OnnlabError(
                         f"loss became {value.item()} at epoch {epoch + 1} step {i + 1} "
                         f"(lr {lr:.3g}); lower --lr or check the data"
@@ -237,19 +246,27 @@ def train(
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "lr": lr if steps_per_epoch else config.lr,
-                "train": {k: v / max(steps_per_epoch, 1) for k, v in sums.items()},
+                "train": distributed.mean_over_ranks(
+                    {k: v / max(steps_per_epoch, 1) for k, v in sums.items()}, world
+                ),
                 "time_s": time.perf_counter() - t0,
             }
-            if val_set is not None and len(val_set):
-                record["val"] = evaluate(model, val_set, task, config.eval_batch_size)
+            if val_set is not None and len(val_set):  # rank 0 evaluates the whole set
+                val = (
+                    evaluate(model, val_set, task, config.eval_batch_size)
+                    if world.is_main
+                    else None
+                )
+                record["val"] = distributed.broadcast(val, world)
                 if config.keep_best and (best is None or record["val"][metric] > best["score"]):
                     best = {"epoch": epoch + 1, "score": record["val"][metric]}
                     best["model"] = {
                         k: v.detach().cpu().clone() for k, v in model.state_dict().items()
                     }
             history["epochs"].append(record)
-            _save_state(run_dir, model, optimizer, history, epoch + 1, best)
-            _log_epoch(bar, record, metric, config.epochs, name)
+            if world.is_main:
+                _save_state(run_dir, model, optimizer, history, epoch + 1, best)
+                _log_epoch(bar, record, metric, config.epochs, name)
 
     history["final"] = history["epochs"][-1] if history["epochs"] else {}
     if best is not None:  # small captured sets overfit: end on the best validated epoch
@@ -257,6 +274,11 @@ def train(
         history["best_epoch"] = best["epoch"]
         history["final"] = history["epochs"][best["epoch"] - 1]
     history["train_time_s"] = sum(r["time_s"] for r in history["epochs"])
+    if world.distributed:
+        history["world_size"] = world.size
+    if not world.is_main:
+        distributed.barrier(world)  # return once rank 0 has written model.pt and metrics.json
+        return history
     write_json(run_dir / "metrics.json", history)
     if history["epochs"] and "val" in history["epochs"][0]:
         plot_curves(history, run_dir / "curves.png", title=f"{task} ({run_dir.name})")
@@ -265,7 +287,21 @@ def train(
         save_checkpoint(
             run_dir / "model.pt", model, {**(meta or {}), "metrics": {"val": final_val}}
         )
+    distributed.barrier(world)
     return history
+
+
+def _rank_generator(config: TrainConfig, epoch: int, world: distributed.World) -> torch.Generator:
+    """Augmentation draws of one rank in one epoch (DDP: each rank augments only its shard)."""
+    return torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) * 4099 + world.rank)
+
+
+def _finite(value: torch.Tensor, world: distributed.World) -> bool:
+    """Is the loss finite on every rank? (All ranks agree, so all stop together.)"""
+    finite = bool(torch.isfinite(value.detach()).all())
+    if world.distributed:
+        finite = distributed.mean_over_ranks({"finite": float(finite)}, world)["finite"] == 1.0
+    return finite
 
 
 def _save_state(
