@@ -1,0 +1,89 @@
+"""One results table per sweep: mean ± std over seeds for every configuration.
+
+``summary.json`` (rows plus failed jobs) and ``summary.csv`` (the same rows, one column per
+swept value and per statistic) in the sweep folder.  The std is the sample std (ddof=1), as
+papers report over seeds (``onnlab.training.report.summarise``).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from onnlab.runtime import write_json
+from onnlab.sweep.spec import flatten
+from onnlab.training.report import summarise
+
+STATS = ("mean", "std", "n")
+
+
+def _metric_columns(results: list[dict[str, Any]]) -> list[str]:
+    """'test.accuracy', 'val.loss', 'train_time_s', ... present in the finished jobs."""
+    cols: list[str] = []
+    for r in results:
+        for split in ("test", "val"):
+            cols += [f"{split}.{k}" for k in r.get(split, {}) if f"{split}.{k}" not in cols]
+        cols += [k for k in ("train_time_s", "prepare_time_s") if k in r and k not in cols]
+    return cols
+
+
+def _get(result: dict[str, Any], column: str) -> float | None:
+    split, _, key = column.partition(".")
+    value = result.get(split, {}).get(key) if key else result.get(split)
+    return None if value is None else float(value)
+
+
+def summary_table(
+    points: list[dict[str, Any]], results: list[dict[str, Any]], seeds: list[int]
+) -> dict[str, Any]:
+    """Rows (one per point, in point order) with mean/std/n of every metric over its seeds."""
+    done = [r for r in results if "error" not in r]
+    failed = [r for r in results if "error" in r]
+    columns = _metric_columns(done)
+    rows = []
+    for i, point in enumerate(points):
+        mine = [r for r in done if r["point"] == i]
+        row: dict[str, Any] = {"point": i, **flatten(point)}
+        row["seeds"] = sorted(r["seed"] for r in mine)
+        row["missing_seeds"] = sorted(set(seeds) - set(row["seeds"]))
+        for col in columns:
+            values = [v for r in mine if (v := _get(r, col)) is not None]
+            stats = summarise(values) if values else {"mean": None, "std": None, "n": 0}
+            row.update({f"{col}.{s}": stats[s] for s in STATS})
+        rows.append(row)
+    return {"columns": columns, "rows": rows, "failed": failed}
+
+
+def write_summary(sweep_dir: Path, header: dict[str, Any], table: dict[str, Any]) -> list[Path]:
+    """summary.json and summary.csv in the sweep folder; returns their paths."""
+    json_path = write_json(sweep_dir / "summary.json", {**header, **table})
+    fields: list[str] = []
+    for row in table["rows"]:
+        fields += [k for k in row if k not in fields]
+    csv_path = sweep_dir / "summary.csv"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in table["rows"]:
+            writer.writerow(
+                {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+            )
+    tmp.replace(csv_path)
+    return [json_path, csv_path]
+
+
+def format_rows(table: dict[str, Any], metric: str) -> list[str]:
+    """One line per configuration: its swept values and the headline test metric."""
+    lines = []
+    for row in table["rows"]:
+        params = {k: v for k, v in row.items() if "." in k and not k.startswith(("test.", "val."))}
+        params = {k: v for k, v in params.items() if k.split(".")[-1] not in STATS}
+        what = " ".join(f"{k}={v}" for k, v in params.items()) or "(base)"
+        mean, std = row.get(f"test.{metric}.mean"), row.get(f"test.{metric}.std")
+        score = "no result" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f} %"
+        lines.append(
+            f"point {row['point']}  {what}  test {metric} {score}  (n={len(row['seeds'])})"
+        )
+    return lines

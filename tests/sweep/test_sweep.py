@@ -1,0 +1,124 @@
+"""Sweeps through Hydra multirun: the file format, a local end-to-end sweep, its table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onnlab.cli import main
+from onnlab.errors import ConfigError
+from onnlab.sweep.spec import SweepSpec, load_spec, points, validate
+
+pytest.importorskip("hydra")
+
+TINY = {
+    "name": "tiny",
+    "task": "mnist",
+    "train": {"epochs": 1, "batch_size": 32},
+    "data": {"limit": 64, "eval_limit": 32},
+    "seeds": 2,
+    "grid": {"train.lr": [1.0e-3, 3.0e-3]},
+}
+
+
+def _write(tmp_path: Path, spec: dict, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _run(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_two_point_local_sweep_writes_mean_and_std_over_seeds(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", str(_write(tmp_path, TINY)), "--out", str(out), "--device", "cpu"]
+    assert _run(args) == 0
+    printed = capsys.readouterr().out
+    assert "point 0  train.lr=0.001" in printed and "point 1  train.lr=0.003" in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "accuracy" and summary["failed"] == []
+    assert [r["train.lr"] for r in summary["rows"]] == [1.0e-3, 3.0e-3]
+    with (out / "summary.csv").open() as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert len(csv_rows) == 2
+    for point, row in enumerate(summary["rows"]):
+        assert row["seeds"] == [0, 1] and row["missing_seeds"] == []
+        # the table's numbers are those the training runner wrote for each seed
+        accs = []
+        for seed in (0, 1):
+            job = out / "jobs" / f"point-{point}-seed-{seed}"
+            run = json.loads((job / f"seed-{seed}" / "result.json").read_text())
+            config = json.loads((job / f"seed-{seed}" / "config.json").read_text())
+            assert config["lr"] == row["train.lr"] and config["seed"] == seed
+            assert config["epochs"] == 1 and config["batch_size"] == 32
+            accs.append(run["test"]["accuracy"])
+        assert row["test.accuracy.mean"] == pytest.approx(statistics.mean(accs))
+        assert row["test.accuracy.std"] == pytest.approx(statistics.stdev(accs))
+        assert float(csv_rows[point]["test.accuracy.mean"]) == pytest.approx(statistics.mean(accs))
+
+    # rerun on the same folder: every seed is finished, nothing retrains, same table
+    before = (out / "summary.json").read_text()
+    assert _run(args) == 0
+    assert json.loads((out / "summary.json").read_text())["rows"] == json.loads(before)["rows"]
+    # a different sweep may not reuse the folder
+    other = _write(tmp_path, {**TINY, "seeds": 3}, "other.yaml")
+    assert _run(["sweep", str(other), "--out", str(out)]) == 2
+    assert "different sweep" in capsys.readouterr().err
+
+
+def test_sweep_file_errors_are_one_line_before_anything_runs(tmp_path, capsys):
+    bad = _write(tmp_path, {**TINY, "train": {"epochs": 1, "learning_rate": 1.0}})
+    assert _run(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "jobs").exists()
+    with pytest.raises(ConfigError, match="swept name"):
+        load_spec(_write(tmp_path, {**TINY, "grid": {"lr": [1.0]}}))
+    with pytest.raises(ConfigError, match="either grid or random"):
+        load_spec(_write(tmp_path, {**TINY, "random": {"n": 2, "params": {}}}))
+    spec = SweepSpec.model_validate({**TINY, "grid": {"train.seed": [1, 2]}})
+    with pytest.raises(ConfigError, match="set by the sweep itself"):
+        validate(spec)
+
+
+def test_grid_and_random_points():
+    grid = SweepSpec.model_validate(
+        {**TINY, "grid": {"train.lr": [1e-3, 1e-2], "loss.beta": [0.3, 1.0, 3.0]}}
+    )
+    got = points(grid)
+    assert len(got) == 6 and got[1] == {"train": {"lr": 1e-3}, "loss": {"beta": 1.0}}
+    params = {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}, "method": {"choices": ["kd"]}}
+    rand = SweepSpec.model_validate({**TINY, "grid": {}, "random": {"n": 400, "params": params}})
+    draws = points(rand)
+    assert draws == points(rand)  # seeded: the same points on every machine
+    lrs = [p["train"]["lr"] for p in draws]
+    assert all(1e-4 <= v <= 1e-2 for v in lrs) and all(p["method"] == "kd" for p in draws)
+    # log-uniform: about half the draws fall below the geometric midpoint 1e-3
+    assert 0.4 < sum(v < 1e-3 for v in lrs) / len(lrs) < 0.6
+    assert math.isclose(statistics.median(math.log10(v) for v in lrs), -3, abs_tol=0.2)
+
+
+def test_the_same_file_runs_through_the_submitit_launcher(tmp_path):
+    """The cluster path, run locally: hydra/launcher=submitit_local starts each job as its own
+    process (as submitit_slurm would on a node); the table comes out the same way."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = tmp_path / "sweep"
+    spec = _write(tmp_path, {**TINY, "seeds": 1})
+    launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
+    assert _run(["sweep", str(spec), "--out", str(out), "--device", "cpu", *launcher]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["seeds"] for r in summary["rows"]] == [[0], [0]]
+    assert (out / "jobs" / ".submitit").is_dir()  # the jobs really went through submitit
