@@ -68,3 +68,49 @@ def test_user_error_is_one_line_not_a_traceback() -> None:
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no-such-benchmark" in lines[0]
+
+
+# Commands whose options follow the grammar of onnlab.commands.options (issue 17); commands
+# added since join the list once their options do.
+GRAMMAR = {
+    ("devices",),
+    ("calibrate",),
+    ("capture",),
+    ("finetune",),
+    ("train",),
+    ("teacher",),
+    ("teacher", "train"),
+    ("evaluate",),
+    ("estimate",),
+    ("bench",),
+}
+
+
+@pytest.mark.parametrize("path", sorted(GRAMMAR), ids=lambda p: " ".join(p))
+def test_help_reads_as_words_with_help_text_and_defaults(path: tuple[str, ...]) -> None:
+    """No '<bool>', '<list[str]>' or '{NAME}' placeholders; every option says what it does in
+    one capitalised sentence ending with a full stop, and shows its default."""
+    import re
+
+    from typer.testing import CliRunner
+
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*path, "--help"])
+    assert result.exit_code == 0
+    assert not re.search(r"<[a-z][\w\[\], |]*>", result.output), result.output
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    assert "{" not in usage, usage
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    if hasattr(command, "commands"):
+        return
+    for param in command.params:
+        if param.name == "help":
+            continue
+        text = (param.help or "").strip()
+        assert text, f"{param.name}: no help text"
+        assert text[0].isupper() and text.endswith("."), f"{param.name}: {text!r}"
+        is_flag = getattr(param, "is_flag", False)
+        if param.param_type_name == "option" and not param.required and not is_flag:
+            shows = param.default is not None or isinstance(param.show_default, str)
+            assert shows or "default" in text, f"{param.name}: default not shown"

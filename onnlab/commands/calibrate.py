@@ -267,6 +267,7 @@ def register(app: typer.Typer) -> None:
             metavar="FILE",
             exists=True,
             dir_okay=False,
+            show_default="none",
             help="Earlier artifact of this bench: values for the steps not run.",
         ),
         rows: int | None = typer.Option(
@@ -276,7 +277,11 @@ def register(app: typer.Typer) -> None:
             None, "--cols", min=1, metavar="INT", help="Tile columns (default: from the config)."
         ),
         gap_px: int | None = typer.Option(
-            None, "--gap-px", min=0, metavar="INT", help="Dark pixels between tiles."
+            None,
+            "--gap-px",
+            min=0,
+            metavar="INT",
+            help="Dark pixels between tiles (default: from the config).",
         ),
         quick: bool = typer.Option(False, "--quick", help="Use fewer frames (smoke tests)."),
         json_out: bool = json_option(),

@@ -40,13 +40,15 @@ def register(app: typer.Typer) -> None:
             "--out",
             metavar="DIR",
             file_okay=False,
-            help=f"Run folder; the store is DIR/{STORE}. Rerun with the same folder to resume.",
+            help=f"Run folder; the store is DIR/{STORE}. Rerun with the same folder to resume "
+            "(default: a fresh folder under runs/).",
         ),
         store: Path | None = typer.Option(
             None,
             "--store",
             metavar="FILE",
             dir_okay=False,
+            show_default="none",
             help="Capture store (HDF5) to write instead of DIR/capture.h5; rerun to resume.",
         ),
         calibration: Path | None = typer.Option(
@@ -55,12 +57,18 @@ def register(app: typer.Typer) -> None:
             metavar="FILE",
             exists=True,
             dir_okay=False,
+            show_default="none: raw frames",
             help="Calibration artifact: store per-kernel feature tiles instead of raw frames.",
         ),
         seed0: int = seed0_option("Seed of the subset selection."),
         data_root: Path | None = data_root_option(),
         limit: int | None = typer.Option(
-            None, "--limit", min=1, metavar="INT", help="Use at most this many split samples."
+            None,
+            "--limit",
+            min=1,
+            metavar="INT",
+            show_default="all",
+            help="Use at most this many split samples.",
         ),
         chunk_size: int = typer.Option(
             64, "--chunk-size", min=1, metavar="INT", help="Frames per committed chunk."

@@ -24,8 +24,15 @@ from onnlab.commands.options import (
 )
 
 
-def _file(help_text: str) -> object:
-    return typer.Option(None, metavar="FILE", exists=True, dir_okay=False, help=help_text)
+def _file(help_text: str, default: str = "none") -> object:
+    return typer.Option(
+        None,
+        metavar="FILE",
+        exists=True,
+        dir_okay=False,
+        show_default=default,
+        help=help_text,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -68,8 +75,12 @@ def register(app: typer.Typer) -> None:
         ),
         data_root: Path | None = data_root_option(),
         tiny: bool = typer.Option(False, "--tiny", help="Run the seconds-long variant (tests)."),
-        student: Path | None = _file("Trained student checkpoint."),
-        teacher: Path | None = _file("Teacher checkpoint."),
+        student: Path | None = _file(
+            "Trained student checkpoint (needed without --sim).", "with --sim: trained here"
+        ),
+        teacher: Path | None = _file(
+            "Teacher checkpoint (needed without --sim).", "with --sim: trained here"
+        ),
         calibration: Path | None = _file("Calibration artifact the captures were made with."),
         train_capture: list[Path] = typer.Option(
             [],
@@ -77,9 +88,10 @@ def register(app: typer.Typer) -> None:
             metavar="FILE",
             exists=True,
             dir_okay=False,
-            help="Capture store of training images (repeatable).",
+            show_default="none",
+            help="Capture store of training images (without --sim; repeatable).",
         ),
-        test_capture: Path | None = _file("Capture store of the test images."),
+        test_capture: Path | None = _file("Capture store of the test images (without --sim)."),
         out: Path | None = typer.Option(
             None,
             "--out",

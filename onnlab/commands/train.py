@@ -127,10 +127,18 @@ def teacher_train(
     seed0: int = seed0_option("Seed of the initialisation, the train/val split and batches."),
     data_root: Path | None = data_root_option(),
     limit: int | None = typer.Option(
-        None, min=1, metavar="INT", help="Use at most this many training images."
+        None,
+        min=1,
+        metavar="INT",
+        show_default="all",
+        help="Use at most this many training images.",
     ),
     eval_limit: int | None = typer.Option(
-        None, min=1, metavar="INT", help="Use at most this many validation and test images."
+        None,
+        min=1,
+        metavar="INT",
+        show_default="all",
+        help="Use at most this many validation and test images.",
     ),
     out: Path | None = out_option(),
     device: str = device_option(),
@@ -240,10 +248,18 @@ def train_command(
     ),
     data_root: Path | None = data_root_option(),
     limit: int | None = typer.Option(
-        None, min=1, metavar="INT", help="Use at most this many training images."
+        None,
+        min=1,
+        metavar="INT",
+        show_default="all",
+        help="Use at most this many training images.",
     ),
     eval_limit: int | None = typer.Option(
-        None, min=1, metavar="INT", help="Use at most this many validation and test images."
+        None,
+        min=1,
+        metavar="INT",
+        show_default="all",
+        help="Use at most this many validation and test images.",
     ),
     pseudo_negative: bool = typer.Option(
         False, help="Use pseudo-negative PSF pairs (signed kernels from two PSFs)."
@@ -319,7 +335,7 @@ def evaluate_command(
     split: Split = typer.Option(Split.test, metavar=choices(Split), help="Split to score."),
     data_root: Path | None = data_root_option(),
     limit: int | None = typer.Option(
-        None, min=1, metavar="INT", help="Evaluate at most this many images."
+        None, min=1, metavar="INT", show_default="all", help="Evaluate at most this many images."
     ),
     seed0: int | None = typer.Option(
         None,
