@@ -84,3 +84,35 @@ def test_synthetic_set_is_seeded_and_masks_mark_the_textured_shape(monkeypatch):
     tr = load_dataset("segmentation", "train", None, seed=1, limit=8)
     va = load_dataset("segmentation", "val", None, seed=1, limit=8)
     assert not set(tr.indices.tolist()) & set(va.indices.tolist())
+
+
+def test_carvana_cache_reloads_an_edited_mask(tmp_path):
+    """The decoded-set cache key covers train_masks/: a mask edited in place is reloaded."""
+    import os
+
+    make_carvana(tmp_path, cars=3, angles=1)
+    before = load_dataset("segmentation", "train", tmp_path, seed=0)
+    ids = sorted(p.stem for p in (tmp_path / "Carvana" / "train").glob("*.jpg"))
+    first = ids[int(before.indices[0])]
+    mask = tmp_path / "Carvana" / "train_masks" / f"{first}_mask.gif"
+    empty = Image.fromarray(np.zeros((96, 128), dtype=np.uint8), mode="L").convert("P")
+    empty.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    stat = mask.stat()
+    empty.save(mask)
+    os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later edit
+    clear_cache()  # the process-level memo; the on-disk cache must notice by itself
+    after = load_dataset("segmentation", "train", tmp_path, seed=0)
+    assert before.targets[0].sum() > 0 and after.targets[0].sum() == 0
+    assert len(list((tmp_path / "cache").glob("carvana-train-*.npz"))) == 2  # new key
+
+
+def test_teachers_are_registered_per_dataset(tmp_path, monkeypatch):
+    """A Carvana teacher must not replace the synthetic-set one (and vice versa)."""
+    from onnlab.training.runner import registered_teacher_path
+
+    monkeypatch.delenv("ONNLAB_DATA", raising=False)
+    make_carvana(tmp_path / "data", cars=2, angles=1)
+    synthetic = registered_teacher_path("segmentation")
+    carvana = registered_teacher_path("segmentation", tmp_path / "data")
+    assert synthetic != carvana
+    assert synthetic.name == "synthetic.pt" and carvana.name == "carvana.pt"
