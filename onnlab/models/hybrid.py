@@ -7,6 +7,7 @@ from torch import nn
 
 from onnlab.models.backends import ActNorm
 from onnlab.models.frontend import OpticalFrontend
+from onnlab.models.phase_frontend import PhaseMaskFrontend
 
 
 class HybridONN(nn.Module):
@@ -16,7 +17,7 @@ class HybridONN(nn.Module):
     is replaced by captured features and only `backend` is trained.
     """
 
-    def __init__(self, frontend: OpticalFrontend, backend: nn.Module) -> None:
+    def __init__(self, frontend: OpticalFrontend | PhaseMaskFrontend, backend: nn.Module) -> None:
         super().__init__()
         self.frontend = frontend
         self.backend = backend
