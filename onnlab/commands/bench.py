@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from importlib import import_module
+from pathlib import Path
 
 import typer
 
@@ -20,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "ntk": "NTK estimator accuracy and NTKD step time relative to a KD step",
     "calibration": "calibration fidelity on the simulated bench against its hidden truth",
     "estimate": "pre-fabrication estimate vs trained accuracy, and its speed-up",
+    "design": "free PSFs realised as phase masks, accuracy drop, phase-step cost, GDSII round trip",
 }
 
 Benchmark = Enum("Benchmark", {k: k for k in BENCHMARKS}, type=str)  # type: ignore[misc]
@@ -39,13 +41,25 @@ def register(app: typer.Typer) -> None:
         as_json: bool = json_option(),
         quick: bool = typer.Option(False, "--quick", help="Use fewer repeats and smaller sizes."),
         seed0: int = seed0_option("Seed of data, models and noise."),
+        checkpoint: Path | None = typer.Option(
+            None,
+            metavar="FILE",
+            dir_okay=False,
+            help="Student checkpoint to benchmark (design only; default: train one).",
+        ),
     ) -> None:
         """Run a benchmark and print its JSON result (also saved under runs/)."""
+        from onnlab.errors import ConfigError
         from onnlab.runtime import make_run_dir, to_jsonable, write_json
 
         name = name.value  # type: ignore[assignment]
         seed = seed0
-        result = import_module(f"onnlab.bench.{name}").run(quick=quick, seed=seed)
+        extra = {}
+        if checkpoint is not None:
+            if name != "design":
+                raise ConfigError(f"--checkpoint applies to `bench design` only, not {name}")
+            extra["checkpoint"] = checkpoint
+        result = import_module(f"onnlab.bench.{name}").run(quick=quick, seed=seed, **extra)
         run_dir = make_run_dir(f"bench-{name}")
         write_json(run_dir / "result.json", result)
         text = json.dumps(to_jsonable(result), indent=2)

@@ -164,8 +164,8 @@ def realise_command(
     match: Match = typer.Option(
         Match.absolute, metavar=choices(Match), help="Match absolute PSFs or only their shapes."
     ),
-    restarts: int = typer.Option(4, min=1, metavar="INT", help="Starts per kernel (best kept)."),
-    steps: int = typer.Option(400, min=0, metavar="INT", help="Adam steps (then L-BFGS polish)."),
+    restarts: int = typer.Option(2, min=1, metavar="INT", help="Starts per kernel (best kept)."),
+    steps: int = typer.Option(100, min=0, metavar="INT", help="Adam steps (then L-BFGS polish)."),
     seed0: int = seed0_option("Seed of the random restarts."),
     data_root: Path | None = data_root_option(),
     eval_limit: int | None = typer.Option(
@@ -249,10 +249,10 @@ def export_command(
         None, metavar="INT", help="Phase samples N per sub-aperture side (free students)."
     ),
     restarts: int = typer.Option(
-        4, min=1, metavar="INT", help="Realisation starts per kernel (free students)."
+        2, min=1, metavar="INT", help="Realisation starts per kernel (free students)."
     ),
     steps: int = typer.Option(
-        400, min=0, metavar="INT", help="Realisation Adam steps (free students)."
+        100, min=0, metavar="INT", help="Realisation Adam steps (free students)."
     ),
     seed0: int = seed0_option("Seed of the realisation's random restarts."),
 ) -> None:

@@ -74,7 +74,10 @@ def gds_roundtrip_error(
     """Max relative PSF error of the re-imported, rasterised GDSII vs the quantised design."""
     idx = torch.from_numpy(read_gds(gds_path, geometry, levels))
     psfs = psfs_from_phases(
-        level_phases(idx, levels), system.optics, refractive_index=system.material.index
+        level_phases(idx, levels),
+        system.optics,
+        refractive_index=system.material.index,
+        oversample=system.oversample,
     )
     return float(rel_errors(psfs, psfs_q).max())
 
@@ -118,8 +121,9 @@ def export_design(
     heights = level_heights_m(n_levels, lam0, n0)
     height_q = heights[idx.numpy()]
     index = material.index
-    psfs_design = psfs_from_phases(wrapped, optics, refractive_index=index)
-    psfs_q = psfs_from_phases(phase_q, optics, refractive_index=index)
+    m = system.oversample
+    psfs_design = psfs_from_phases(wrapped, optics, refractive_index=index, oversample=m)
+    psfs_q = psfs_from_phases(phase_q, optics, refractive_index=index, oversample=m)
 
     gds_path = out / "mask.gds"
     gds_info = write_gds(gds_path, idx.numpy(), geometry, n_levels)

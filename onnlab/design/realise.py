@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import torch
 
+from onnlab.models.phase_frontend import OVERSAMPLE
 from onnlab.optics.grid import Grid, check_fraunhofer
 from onnlab.optics.layout import OpticsConfig
 from onnlab.optics.psf import RefractiveIndex, aperture_mask, psfs_from_phases
@@ -81,6 +82,7 @@ class RealisationResult:
     n_phase: int
     spot_px: float
     wall_s: float
+    oversample: int = OVERSAMPLE
     info: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -88,6 +90,7 @@ class RealisationResult:
         return {
             "match": self.match,
             "n_phase": self.n_phase,
+            "oversample": self.oversample,
             "spot_px": self.spot_px,
             "rel_error_mean": float(self.rel_error.mean()),
             "rel_error_max": float(self.rel_error.max()),
@@ -237,13 +240,13 @@ def realise(
     n_phase: int | None = None,
     material: Any = None,
     match: Match = "absolute",
-    restarts: int = 4,
-    steps: int = 400,
-    polish_steps: int = 100,
+    restarts: int = 2,
+    steps: int = 100,
+    polish_steps: int = 200,
     lr: float = 0.1,
     gs_iterations: int = 50,
     seed: int = 0,
-    oversample: int = 3,
+    oversample: int = OVERSAMPLE,
     init_phases: torch.Tensor | None = None,
 ) -> RealisationResult:
     """Fit phase maps (K, N, N) whose PSFs match `psfs` (K, C, k, k) through the wave model.
@@ -259,6 +262,8 @@ def realise(
         match: "absolute" (energies included, default) or "shape" (see the module docstring).
         restarts: independent starts per kernel, optimised as one batch; best kept per kernel.
         steps / polish_steps: Adam steps, then L-BFGS iterations.
+        oversample: sub-pixels per sensor pixel and axis of the PSF integration (the phase
+            frontend's, so that realised and trained-through PSFs are the same numbers).
         init_phases: (K, N, N) start for restart 0 instead of Gerchberg-Saxton.
     """
     t0 = time.perf_counter()
@@ -295,9 +300,7 @@ def realise(
         if r == 0:
             init = torch.zeros(n_kernels, n, n, dtype=torch.float64)
         starts.append(
-            gerchberg_saxton(
-                gs_target, config, n, iterations=gs_iterations, oversample=oversample, init=init
-            )
+            gerchberg_saxton(gs_target, config, n, iterations=gs_iterations, init=init)
             if gs_iterations > 0
             else init
         )
@@ -346,7 +349,7 @@ def evaluate_phases(
     config: OpticsConfig,
     *,
     material: Any = None,
-    oversample: int = 3,
+    oversample: int = OVERSAMPLE,
 ) -> RealisationResult:
     """Errors and efficiencies of given phase maps against a target stack (no fitting)."""
     t0 = time.perf_counter()
@@ -387,5 +390,6 @@ def _result(phases, target, config, index, match, n, oversample, t0, info) -> Re
         n_phase=n,
         spot_px=spot_px(config),
         wall_s=time.perf_counter() - t0,
+        oversample=oversample,
         info=info,
     )

@@ -105,7 +105,7 @@ def with_overrides(
         optics = OpticsConfig(**{**optics.model_dump(), "design_wavelength_m": design_wavelength_m})
     for lam in (*optics.wavelengths_m, optics.reference_wavelength_m):
         new_mat.index(lam)  # ValueError naming the material when n <= 1
-    return PhaseSystem(optics, new_mat, n if n_phase is None else int(n_phase))
+    return PhaseSystem(optics, new_mat, n if n_phase is None else int(n_phase), system.oversample)
 
 
 def load_source(path: str | Path) -> DesignSource:
@@ -130,7 +130,7 @@ def from_model(
     task = meta["task"]
     if kind == "phase":
         fe = model.frontend
-        system = PhaseSystem(fe.optics, fe.material, fe.phase_samples)
+        system = PhaseSystem(fe.optics, fe.material, fe.phase_samples, fe.oversample)
     else:
         system = student_system(task, **meta.get("architecture", {}))
     return DesignSource(

@@ -50,6 +50,7 @@ def realise_source(source: DesignSource, system: PhaseSystem, **kwargs: Any) -> 
         system.optics,
         n_phase=system.phase_samples,
         material=system.material,
+        oversample=system.oversample,
         **kwargs,
     )
 
@@ -87,13 +88,17 @@ def system_json(system: PhaseSystem) -> dict[str, Any]:
         "optics": optics,
         "material": asdict(system.material),
         "phase_samples": system.phase_samples,
+        "oversample": system.oversample,
     }
 
 
 def system_from_json(data: dict[str, Any]) -> PhaseSystem:
     """Inverse of `system_json` (validated)."""
     return PhaseSystem(
-        OpticsConfig(**data["optics"]), Material(**data["material"]), int(data["phase_samples"])
+        OpticsConfig(**data["optics"]),
+        Material(**data["material"]),
+        int(data["phase_samples"]),
+        int(data["oversample"]),
     )
 
 
@@ -141,5 +146,6 @@ def load_realisation(path: str | Path) -> tuple[RealisationResult, PhaseSystem, 
         n_phase=int(summary["n_phase"]),
         spot_px=float(summary["spot_px"]),
         wall_s=float(summary["wall_s"]),
+        oversample=int(summary["oversample"]),
     )
     return result, system, meta
