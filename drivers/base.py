@@ -46,6 +46,29 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
+def run_with_deadline(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run a blocking vendor call (no timeout of its own) on a daemon thread; `DeviceTimeout`
+    when it has not returned within `timeout_s`. The thread is then abandoned: its outcome,
+    and so the device state, is unknown -- callers treat the device as disconnected."""
+    result: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"onnlab-{what}", daemon=True).start()
+    if not done.wait(max(float(timeout_s), 0.0)):
+        raise DeviceTimeout(f"{what} did not return within {timeout_s:.3f} s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 def check_timeout(timeout_s: float) -> float:
     """Reject a missing, infinite or negative timeout: every blocking call must end."""
     if timeout_s is None or not isinstance(timeout_s, (int, float)):
@@ -89,20 +112,39 @@ class DeviceBase:
         self._open = True
         self._disconnected = False
 
-    def close(self) -> None:
-        """Release the hardware; idempotent and never raises (errors are swallowed on purpose:
-        close runs in `finally`/`__exit__` where a second exception would hide the first)."""
-        with self._lock:
+    def close(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        """Release the hardware; idempotent, bounded and never raises (errors are swallowed on
+        purpose: close runs in `finally`/`__exit__` where a second exception would hide the
+        first).
+
+        Bounded twice: the device lock is waited for at most `timeout_s` (a call hung inside
+        the vendor library holds it; the device is closed anyway, which is what a caller
+        closing a hung device wants), and the vendor's release runs under the same deadline
+        (`run_with_deadline`); a release that does not return is abandoned and the device is
+        marked disconnected, so a later ``open()``/``reconnect()`` starts from scratch.
+        """
+        timeout_s = check_timeout(timeout_s)
+        t0 = time.monotonic()
+        locked = self._lock.acquire(timeout=timeout_s)
+        try:
             if not self._open:
                 return
             self._open = False
-            with contextlib.suppress(Exception):  # see docstring
-                self._close_hw()
+            left = max(1e-3, timeout_s - (time.monotonic() - t0))
+            try:
+                run_with_deadline(self._close_hw, left, f"{self.device_id}-close")
+            except DeviceTimeout:
+                self._disconnected = True
+            except Exception:  # noqa: BLE001 - see docstring
+                pass
+        finally:
+            if locked:
+                self._lock.release()
 
     def reconnect(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         """Close (best effort) and open again."""
         with self._lock:
-            self.close()
+            self.close(timeout_s=timeout_s)
             self._disconnected = False
             self.open(timeout_s=timeout_s)
 

@@ -1,22 +1,39 @@
 """GenICam cameras through harvesters and a GenTL producer (``.cti``), as a `Camera`.
 
 * Producers: the config's ``cti`` (files, folders or globs) or every ``*.cti`` on
-  ``GENICAM_GENTL64_PATH`` (`find_producers`). The genicam package's ``viky.cti`` simulator
-  is a real producer, so this exact code runs in the test suite.
+  ``GENICAM_GENTL64_PATH`` (`find_producers`). Cameras naming the same producer files share
+  ONE harvesters `Harvester` (`drivers.genicam_harvester`): a producer loaded twice in a
+  process shows its devices to the first loader only, so two cameras could not be open at once.
+  The genicam package's ``viky.cti`` and genicam2's ``TLSimu.cti`` are real producers, so
+  this exact code runs in the test suite.
 * Device: chosen by serial number and/or model; none or several matching -> `DeviceNotFound`
   listing what is there.
 * Settings go through the SFNC node map where the node exists (``ExposureTime`` in us,
   ``Gain`` in dB, ``Width/Height/OffsetX/OffsetY``, ``PixelFormat``,
-  ``AcquisitionFrameRate``); a missing node is reported, never faked (exposure is NaN and
-  `set_exposure` raises `UnsupportedFeature` on a camera without ``ExposureTime``).
-* `capture` returns a frame whose exposure started after the call: queued buffers are handed
-  back first, the frame already in flight is skipped, then the next one is COPIED out of the
-  driver buffer before the buffer is re-queued (harvesters reuses the memory).
-* The whole call honours ``timeout_s`` (harvesters' own ``fetch`` restarts its timer after an
-  incomplete buffer, so we loop on ``try_fetch`` against our own deadline) -> `DeviceTimeout`.
-  Incomplete buffers (harvesters discards them) and frame-id gaps are counted in `stats()`.
-* harvesters installs a SIGINT handler when an acquirer is created on the main thread; we put
-  the previous handler back -- signal handling belongs to the application.
+  ``AcquisitionFrameRate``, ``TriggerSelector/TriggerMode/TriggerSource/TriggerActivation/
+  TriggerSoftware``); a missing node is reported, never faked.
+* Triggers (``trigger``): ``free_run``, ``software`` (each `capture` executes
+  ``TriggerSoftware`` after handing back stale buffers, so the exposure starts after the call:
+  what a display/exposure-synchronised bench needs) or ``hardware`` (``trigger_source``, e.g.
+  Line0). `set_trigger` switches at run time; `trigger_modes` says what the camera supports.
+* Latency versus rate in free run (``frame_policy``), an explicit choice: ``full_rate`` (the
+  default) returns frames in delivery order, every frame the camera makes, but the frame may
+  have started exposing before the call, so it carries ``pattern_id=None`` (the id seen at
+  delivery is in ``meta``); ``after_call`` hands back queued buffers and skips the frame in
+  flight, so the exposure starts after the call -- at best half the camera's rate.
+* Bit depth comes from the DELIVERED buffer's pixel format (`drivers.pixel_formats`: packed
+  formats included; an unknown format raises `UnsupportedPixelFormat`), per frame, never from
+  the node map; `open` grabs one probe frame (free run / software trigger) to learn it.
+* Frame accounting (`drivers.frame_accounting`): drops are counted from real GenTL frame ids
+  only; device timestamps that go backwards (wrapping counters) are unwrapped with
+  ``timestamp_wrap_s`` or flagged `FLAG_TIMESTAMP_WRAPPED`. `stats()` reports all of it.
+* Every blocking call has a deadline: ``update/create/start`` in `open` share the open
+  timeout, fetches loop on ``try_fetch`` against the caller's deadline (harvesters' own
+  ``fetch`` restarts its timer after an incomplete buffer), stop/destroy run under `close`'s
+  deadline (`drivers.base.run_with_deadline`) -> `DeviceTimeout`.
+* harvesters installs a SIGINT handler when an acquirer is created on the main thread; the
+  acquirer is created on a worker thread (the deadline) and the previous handler is kept --
+  signal handling belongs to the application.
 """
 
 from __future__ import annotations
@@ -32,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceBase
+from drivers import genicam_harvester
+from drivers.base import DeviceBase, run_with_deadline
 from drivers.errors import (
     DeviceDisconnected,
     DeviceError,
@@ -41,9 +59,12 @@ from drivers.errors import (
     LimitError,
     UnsupportedFeature,
 )
+from drivers.frame_accounting import FrameAccounting
+from drivers.pixel_formats import pixel_format_bits
 from drivers.protocols import DEFAULT_TIMEOUT_S, FLAG_SATURATED, Frame
 
-_BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono14": 14, "Mono16": 16, "RGB8": 8}
+TRIGGER_MODES = ("free_run", "software", "hardware")
+FRAME_POLICIES = ("full_rate", "after_call")
 
 
 def find_producers(cti: str | list[str] | None = None) -> list[str]:
@@ -98,29 +119,45 @@ class GenicamCamera(DeviceBase):
         pixel_format: str | None = None,
         frame_rate_hz: float | None = None,
         buffers: int = 4,
-        skip_in_flight: bool = True,
+        trigger: str = "free_run",
+        trigger_source: str | None = None,
+        trigger_activation: str | None = None,
+        frame_policy: str = "full_rate",
+        timestamp_wrap_s: float | None = None,
     ) -> None:
         super().__init__(device_id)
+        if trigger not in TRIGGER_MODES:
+            raise ValueError(f"trigger: expected one of {TRIGGER_MODES}, got {trigger!r}")
+        if frame_policy not in FRAME_POLICIES:
+            raise ValueError(
+                f"frame_policy: expected one of {FRAME_POLICIES}, got {frame_policy!r}"
+            )
         self.cti = cti
         self.serial, self.model = serial, model
-        self._settings = {
+        self._settings: dict[str, Any] = {
             "exposure_s": exposure_s,
             "gain_db": gain_db,
             "roi": roi,
             "pixel_format": pixel_format,
             "frame_rate_hz": frame_rate_hz,
+            "trigger": trigger,
+            "trigger_source": trigger_source,
+            "trigger_activation": trigger_activation,
         }
         self.buffers = int(buffers)
-        self.skip_in_flight = skip_in_flight
+        self._frame_policy = frame_policy
+        self._accounting = FrameAccounting(timestamp_wrap_s)
         self._h: Any = None
+        self._hkey: tuple[str, ...] | None = None
         self._ia: Any = None
         self._producers: list[str] = []
         self._device_info: dict[str, Any] = {}
-        self._last_frame_id: int | None = None
-        self._stats = {"delivered": 0, "dropped": 0, "incomplete": 0, "timeouts": 0}
+        self._trigger_modes: tuple[str, ...] = ()
+        self._stats = {"delivered": 0, "incomplete": 0, "timeouts": 0, "discarded": 0}
         self._stats_lock = threading.Lock()
         self.shape_hw: tuple[int, int] = (0, 0)
         self.bit_depth = 8
+        self._format: dict[str, Any] = {"delivered": None, "node": None, "source": None}
         self.pattern_source: Any = None  # an SLM whose pattern_id is stamped on each frame
 
     @classmethod
@@ -139,6 +176,11 @@ class GenicamCamera(DeviceBase):
             pixel_format=cfg.pixel_format,
             frame_rate_hz=cfg.frame_rate_hz,
             buffers=cfg.buffers,
+            trigger=cfg.trigger,
+            trigger_source=cfg.trigger_source,
+            trigger_activation=cfg.trigger_activation,
+            frame_policy=cfg.frame_policy,
+            timestamp_wrap_s=cfg.timestamp_wrap_s,
         )
 
     # ------------------------------------------------------------------ node helpers
@@ -155,19 +197,33 @@ class GenicamCamera(DeviceBase):
             raise LimitError(f"{what}: {value!r} outside [{lo}, {hi}] ({name})")
         node.value = value
 
+    def _ensure(self, name: str, value: str) -> None:
+        """Write an enumeration only when it differs (some producers make fixed ones RO)."""
+        node = self._node(name)
+        if str(node.value) != value:
+            node.value = value
+
+    def _symbolics(self, name: str) -> tuple[str, ...]:
+        node = self._node(name)
+        try:
+            return tuple(str(v) for v in node.symbolics) if node is not None else ()
+        except Exception:  # noqa: BLE001 - not an enumeration
+            return ()
+
     # ------------------------------------------------------------------ lifecycle
     def _open_hw(self, timeout_s: float) -> None:
-        from harvesters.core import Callback, Harvester, ImageAcquirer
+        t0 = time.monotonic()
+
+        def left() -> float:
+            return max(1e-3, timeout_s - (time.monotonic() - t0))
 
         self._producers = find_producers(self.cti)
         if not self._producers:
             where = self.cti if self.cti is not None else "GENICAM_GENTL64_PATH"
             raise DeviceNotFound(f"no GenTL producer (.cti) found in {where!r}")
-        h = Harvester()
+        self._hkey, h = genicam_harvester.acquire(self._producers, left())
+        self._h = h
         try:
-            for path in self._producers:
-                h.add_file(path)
-            h.update()
             key = {k: v for k, v in (("serial_number", self.serial), ("model", self.model)) if v}
             infos = [
                 d
@@ -186,32 +242,61 @@ class GenicamCamera(DeviceBase):
                 "id": info.id_,
             }
             previous = signal.getsignal(signal.SIGINT) if _on_main_thread() else None
-            try:
-                ia = h.create(info)
+            try:  # on a worker thread: bounded, and harvesters installs no SIGINT handler
+                self._ia = run_with_deadline(lambda: h.create(info), left(), "create")
             finally:
-                if previous is not None:
+                if previous is not None and signal.getsignal(signal.SIGINT) is not previous:
                     signal.signal(signal.SIGINT, previous)
-        except BaseException:
-            h.reset()
-            raise
-        self._h, self._ia = h, ia
-        try:
+            ia = self._ia
             self._apply_settings()
+            self._trigger_modes = self._supported_triggers()
+            self._apply_trigger()
             ia.num_buffers = max(self.buffers, ia.min_num_buffers)
-            camera = self
-
-            class _Incomplete(Callback):
-                def emit(self, context: Any = None) -> None:
-                    with camera._stats_lock:
-                        camera._stats["incomplete"] += 1
-
-            ia.add_callback(ImageAcquirer.Events.INCOMPLETE_BUFFER, _Incomplete())
-            self._refresh_geometry()
-            ia.start()
-            self._last_frame_id = None
+            self._add_incomplete_callback()
+            self.shape_hw = (int(self._node("Height").value), int(self._node("Width").value))
+            node_format = self._node("PixelFormat")
+            self._format = {
+                "node": str(node_format.value) if node_format is not None else None,
+                "delivered": None,
+                "source": None,
+            }
+            run_with_deadline(ia.start, left(), "start")
+            self._accounting.restart()
+            self._learn_bit_depth(time.monotonic() + left())
         except BaseException:
-            self._close_hw()
+            run_with_deadline(self._close_hw, 2.0, "close-after-failed-open")
             raise
+
+    def _add_incomplete_callback(self) -> None:
+        from harvesters.core import Callback, ImageAcquirer
+
+        camera = self
+
+        class _Incomplete(Callback):
+            def emit(self, context: Any = None) -> None:
+                with camera._stats_lock:
+                    camera._stats["incomplete"] += 1
+
+        self._ia.add_callback(ImageAcquirer.Events.INCOMPLETE_BUFFER, _Incomplete())
+
+    def _learn_bit_depth(self, deadline: float) -> None:
+        """One probe frame tells the delivered format; with a hardware trigger none may come,
+        so the node map's format stands in until the first frame (``bit_depth_source``)."""
+        if self._settings["trigger"] == "hardware":
+            if self._format["node"] is not None:
+                self.bit_depth = pixel_format_bits(self._format["node"])
+                self._format["source"] = "node map (until the first frame)"
+            return
+        if self._settings["trigger"] == "software":
+            self._node("TriggerSoftware").execute()
+        buf = self._fetch(deadline, "a probe frame to learn the delivered pixel format")
+        try:
+            fmt = str(buf.payload.components[0].data_format)
+            self._discard(buf)
+        finally:
+            buf.queue()
+        self.bit_depth = pixel_format_bits(fmt)
+        self._format.update(delivered=fmt, source="delivered buffer")
 
     def _apply_settings(self) -> None:
         s = self._settings
@@ -234,14 +319,101 @@ class GenicamCamera(DeviceBase):
         if s["gain_db"] is not None:
             self._set_node("Gain", float(s["gain_db"]), "gain_db")
 
-    def _refresh_geometry(self) -> None:
-        self.shape_hw = (int(self._node("Height").value), int(self._node("Width").value))
-        fmt = str(self._node("PixelFormat").value) if self._node("PixelFormat") else "Mono8"
-        self.bit_depth = _BITS.get(fmt, 8)
+    # ------------------------------------------------------------------ triggers
+    def _supported_triggers(self) -> tuple[str, ...]:
+        modes = ["free_run"]
+        if self._node("TriggerMode") is None or self._node("TriggerSource") is None:
+            return tuple(modes)
+        sources = self._symbolics("TriggerSource")
+        if "Software" in sources and self._node("TriggerSoftware") is not None:
+            modes.append("software")
+        if any(src.startswith("Line") for src in sources):
+            modes.append("hardware")
+        return tuple(modes)
+
+    def _apply_trigger(self) -> None:
+        mode = self._settings["trigger"]
+        if mode == "free_run":
+            if self._node("TriggerMode") is not None:
+                self._ensure("TriggerMode", "Off")
+            return
+        if mode not in self._trigger_modes:
+            needs = "TriggerMode, TriggerSource" + (
+                " (with 'Software') and TriggerSoftware" if mode == "software" else " (a Line)"
+            )
+            raise UnsupportedFeature(
+                f"trigger={mode!r}: camera lacks {needs}; it supports {list(self._trigger_modes)}"
+            )
+        if "FrameStart" in self._symbolics("TriggerSelector"):
+            self._ensure("TriggerSelector", "FrameStart")
+        source = "Software" if mode == "software" else self._settings["trigger_source"] or "Line0"
+        if source not in self._symbolics("TriggerSource"):
+            raise LimitError(
+                f"trigger_source: {source!r} not among {list(self._symbolics('TriggerSource'))}"
+            )
+        self._ensure("TriggerSource", source)
+        if self._settings["trigger_activation"] is not None:
+            self._set_node(
+                "TriggerActivation", self._settings["trigger_activation"], "trigger_activation"
+            )
+        self._ensure("TriggerMode", "On")
+
+    @property
+    def trigger_modes(self) -> tuple[str, ...]:
+        """Trigger modes this camera supports (known once open)."""
+        return self._trigger_modes
+
+    @property
+    def trigger(self) -> str:
+        return str(self._settings["trigger"])
+
+    def set_trigger(self, mode: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+        """Switch trigger mode (acquisition is stopped and restarted); returns the previous one.
+        `UnsupportedFeature` when the camera cannot do `mode`; nothing changes then."""
+        if mode not in TRIGGER_MODES:
+            raise ValueError(f"trigger: expected one of {TRIGGER_MODES}, got {mode!r}")
+
+        def hook(timeout_s: float) -> str:
+            previous = self._settings["trigger"]
+            if mode == previous:
+                return previous
+            if mode != "free_run" and mode not in self._trigger_modes:
+                self._settings["trigger"] = mode
+                try:
+                    self._apply_trigger()  # raises UnsupportedFeature with the details
+                finally:
+                    self._settings["trigger"] = previous
+            t0 = time.monotonic()
+            run_with_deadline(self._ia.stop, timeout_s, "stop")
+            self._settings["trigger"] = mode
+            try:
+                self._apply_trigger()
+            except BaseException:
+                self._settings["trigger"] = previous
+                self._apply_trigger()
+                raise
+            finally:
+                left = max(1e-3, timeout_s - (time.monotonic() - t0))
+                run_with_deadline(self._ia.start, left, "start")
+                self._accounting.restart()
+            return previous
+
+        return self._call("set_trigger", hook, timeout_s=timeout_s)
+
+    @property
+    def frame_policy(self) -> str:
+        return self._frame_policy
+
+    def set_frame_policy(self, policy: str) -> str:
+        """``full_rate`` or ``after_call`` (see module docstring); returns the previous one."""
+        if policy not in FRAME_POLICIES:
+            raise ValueError(f"frame_policy: expected one of {FRAME_POLICIES}, got {policy!r}")
+        previous, self._frame_policy = self._frame_policy, policy
+        return previous
 
     def _close_hw(self) -> None:
-        ia, h = self._ia, self._h
-        self._ia = self._h = None
+        ia, key = self._ia, self._hkey
+        self._ia = self._h = self._hkey = None
         try:
             if ia is not None:
                 try:
@@ -249,8 +421,8 @@ class GenicamCamera(DeviceBase):
                 finally:
                     ia.destroy()
         finally:
-            if h is not None:
-                h.reset()
+            if key is not None:
+                genicam_harvester.release(key, DEFAULT_TIMEOUT_S)
 
     # ------------------------------------------------------------------ exposure
     @property
@@ -279,54 +451,89 @@ class GenicamCamera(DeviceBase):
 
     # ------------------------------------------------------------------ frames
     def stats(self) -> dict[str, int]:
+        """Delivered, dropped (real frame-id gaps), incomplete, timeouts, discarded (stale or
+        in-flight frames handed back), id resets, frames without id, timestamp wraps."""
         with self._stats_lock:
-            return dict(self._stats)
+            return {**self._stats, **self._accounting.counts}
 
     def capture(
         self, timeout_s: float = DEFAULT_TIMEOUT_S, *, allow_incomplete: bool = False
     ) -> Frame:
         return self._call("capture", self._capture_hw, allow_incomplete, timeout_s=timeout_s)
 
-    def _fetch(self, deadline: float) -> Any:
+    def _fetch(self, deadline: float, what: str = "a frame") -> Any:
         """Next complete buffer before `deadline`, or DeviceTimeout."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 with self._stats_lock:
                     self._stats["timeouts"] += 1
-                raise DeviceTimeout("no frame arrived in time")
+                raise DeviceTimeout(f"no frame arrived in time (waiting for {what})")
             buf = self._ia.try_fetch(timeout=max(left, 1e-4))
             if buf is not None:
                 return buf
 
-    def _capture_hw(self, allow_incomplete: bool, timeout_s: float) -> Frame:
-        deadline = time.monotonic() + timeout_s
-        t_call = time.monotonic()
-        # Hand back what was exposed before this call. At most num_buffers can be waiting:
-        # draining "until empty" would never end when frames arrive faster than we loop.
+    def _discard(self, buf: Any) -> None:
+        """Account for a buffer that is handed back without being delivered."""
+        self._accounting.note(_buffer_frame_id(buf), _buffer_timestamp(buf))
+        with self._stats_lock:
+            self._stats["discarded"] += 1
+
+    def _drain(self, deadline: float) -> None:
+        """Hand back what was exposed before this call. At most num_buffers can be waiting:
+        draining "until empty" would never end when frames arrive faster than we loop."""
         for _ in range(self._ia.num_buffers):
             if time.monotonic() >= deadline:
                 break
             stale = self._ia.try_fetch(timeout=1e-4)
             if stale is None:
                 break
-            self._note_frame_id(stale)
-            stale.queue()
-        if self.skip_in_flight:  # the frame being exposed right now started before the call
-            buf = self._fetch(deadline)
-            self._note_frame_id(buf)
-            buf.queue()
-        pattern_id = getattr(self.pattern_source, "pattern_id", None)
+            try:
+                self._discard(stale)
+            finally:
+                stale.queue()
+
+    def _capture_hw(self, allow_incomplete: bool, timeout_s: float) -> Frame:
+        deadline = time.monotonic() + timeout_s
+        t_call = time.monotonic()
+        trigger = self._settings["trigger"]
+        after_call = self._frame_policy == "after_call" or trigger == "software"
+        if after_call:
+            self._drain(deadline)
+        if trigger == "software":
+            self._node("TriggerSoftware").execute()  # the exposure starts now: after the call
+        elif trigger == "free_run" and self._frame_policy == "after_call":
+            buf = self._fetch(deadline, "the frame in flight")  # it started before the call
+            try:
+                self._discard(buf)
+            finally:
+                buf.queue()
+        source_id = getattr(self.pattern_source, "pattern_id", None)
+        known = after_call or trigger == "hardware"  # else: exposure may predate the call
         buf = self._fetch(deadline)
         try:
-            pixels, meta = self._copy_out(buf)
-            frame_id = self._note_frame_id(buf)
-            stamp = _buffer_timestamp(buf)
+            return self._frame_from(buf, t_call, source_id if known else None, source_id)
         finally:
             buf.queue()  # only after the copy: the producer reuses this memory
+
+    def _frame_from(self, buf: Any, t_call: float, pattern_id: Any, seen_id: Any) -> Frame:
+        comp = buf.payload.components[0]
+        fmt = str(comp.data_format)
+        bits = pixel_format_bits(fmt)  # UnsupportedPixelFormat: never guess 8 bits
+        pixels = _copy_pixels(comp)
+        frame_id, stamp, flags, meta = self._accounting.note(
+            _buffer_frame_id(buf), _buffer_timestamp(buf)
+        )
         if stamp is None:
             stamp, meta["timestamp_source"] = t_call, "host"
-        flags = {FLAG_SATURATED} if pixels.max(initial=0) >= (1 << self.bit_depth) - 1 else set()
+        if bits != self.bit_depth or self._format["delivered"] != fmt:
+            self.bit_depth = bits
+            self._format.update(delivered=fmt, source="delivered buffer")
+        meta.update(pixel_format=fmt, bit_depth=bits)
+        if pattern_id is None and seen_id is not None:
+            meta["pattern_id_at_delivery"] = seen_id
+        if pixels.max(initial=0) >= (1 << bits) - 1:
+            flags = flags | {FLAG_SATURATED}
         with self._stats_lock:
             self._stats["delivered"] += 1
         return Frame(
@@ -340,26 +547,6 @@ class GenicamCamera(DeviceBase):
             meta=meta,
         )
 
-    def _note_frame_id(self, buf: Any) -> int:
-        """Track GenTL frame ids; a gap means frames were lost before reaching us."""
-        try:
-            fid = int(buf.module.frame_id)
-        except Exception:  # noqa: BLE001 - producers may not report frame ids
-            fid = (self._last_frame_id or 0) + 1
-        if self._last_frame_id is not None and fid > self._last_frame_id + 1:
-            with self._stats_lock:
-                self._stats["dropped"] += fid - self._last_frame_id - 1
-        self._last_frame_id = fid
-        return fid
-
-    def _copy_out(self, buf: Any) -> tuple[np.ndarray, dict[str, Any]]:
-        comp = buf.payload.components[0]
-        h, w = int(comp.height), int(comp.width)
-        data = np.array(comp.data, copy=True)  # OWN the pixels before the buffer is re-queued
-        per_px = data.size // max(h * w, 1)
-        img = data.reshape(h, w) if per_px == 1 else data.reshape(h, w, per_px)[..., :3]
-        return np.ascontiguousarray(img), {"pixel_format": str(comp.data_format)}
-
     # ------------------------------------------------------------------ description
     def _status_hw(self, timeout_s: float) -> dict[str, Any]:
         temp = self._node("DeviceTemperature")
@@ -368,6 +555,7 @@ class GenicamCamera(DeviceBase):
             "frames": self.stats(),
             "exposure_s": self.exposure_s,
             "temperature_c": None if temp is None else float(temp.value),
+            "trigger": self.trigger,
         }
 
     def _info_extra(self) -> dict[str, Any]:
@@ -375,8 +563,30 @@ class GenicamCamera(DeviceBase):
             **self._device_info,
             "resolution_hw": list(self.shape_hw),
             "bit_depth": self.bit_depth,
+            "bit_depth_source": self._format["source"],
+            "pixel_format": self._format["delivered"],
+            "pixel_format_node": self._format["node"],
+            "trigger": self.trigger,
+            "trigger_modes": list(self._trigger_modes),
+            "frame_policy": self._frame_policy,
             "producers": self._producers or find_producers(self.cti),
         }
+
+
+def _copy_pixels(comp: Any) -> np.ndarray:
+    """Own the pixels before the buffer is re-queued; (H, W) or (H, W, 3)."""
+    h, w = int(comp.height), int(comp.width)
+    data = np.array(comp.data, copy=True)
+    per_px = data.size // max(h * w, 1)
+    img = data.reshape(h, w) if per_px == 1 else data.reshape(h, w, per_px)[..., :3]
+    return np.ascontiguousarray(img)
+
+
+def _buffer_frame_id(buf: Any) -> int | None:
+    try:
+        return int(buf.module.frame_id)
+    except Exception:  # noqa: BLE001 - producers may not report frame ids: never invent one
+        return None
 
 
 def _buffer_timestamp(buf: Any) -> float | None:

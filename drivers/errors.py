@@ -84,3 +84,7 @@ class ConfigurationError(DeviceError, ValueError):
 
 class UnsupportedFeature(DeviceError):
     """The device has no such feature (e.g. a camera without an ExposureTime node)."""
+
+
+class UnsupportedPixelFormat(UnsupportedFeature):
+    """A camera delivered a pixel format whose bit depth onnlab does not know (never guessed)."""

@@ -41,6 +41,11 @@ FLAG_INCOMPLETE = "incomplete"
 FLAG_SATURATED = "saturated"
 """Frame flag: at least one pixel reached the maximum digital value."""
 
+FLAG_TIMESTAMP_WRAPPED = "timestamp_wrapped"
+"""Frame flag: the device clock went backwards at this frame (a counter that wrapped or reset,
+e.g. a sub-second counter) and no wrap period was configured to unwrap it: `timestamp_s` is
+not comparable with the frames before it."""
+
 
 @dataclass(frozen=True)
 class Frame:

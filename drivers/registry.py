@@ -88,6 +88,14 @@ class GenicamConfig(_Strict):
     pixel_format: str | None = None
     frame_rate_hz: float | None = Field(None, gt=0)
     buffers: int = Field(4, ge=1)
+    # free_run | software (TriggerSoftware per capture) | hardware (trigger_source, e.g. Line0)
+    trigger: Literal["free_run", "software", "hardware"] = "free_run"
+    trigger_source: str | None = None
+    trigger_activation: str | None = None  # e.g. RisingEdge (hardware trigger)
+    # latency vs rate in free run: every frame in order (full_rate), or only frames whose
+    # exposure starts after the capture call (after_call: at best half the camera's rate)
+    frame_policy: Literal["full_rate", "after_call"] = "full_rate"
+    timestamp_wrap_s: float | None = Field(None, gt=0)  # device clock period, to unwrap
 
 
 class Smc100Config(_Strict):

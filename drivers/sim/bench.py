@@ -37,6 +37,7 @@ from drivers.sim.model import (
     TileLayout,
 )
 from drivers.sim.noise import FrameNoise
+from drivers.sim.state import BenchState
 from onnlab.optics import FabricationErrors, SensorModel, perturb_psfs
 
 STAGE_LIMITS_M = (0.0, 25e-3)  # a 25 mm travel actuator (SMC100-class); home at 0
@@ -147,8 +148,9 @@ class SimulatedBench:
         self.faults = FaultInjector(self.fault_config, self.seed)
         self.fault_rng = np.random.default_rng([self.seed, 0xFA])
         slm_id, cam_id, stage_id = device_ids
+        self.state = BenchState.blank(self.image_hw, self.channels, stage_z_m)
         self.slm = SimSLM(slm_id, self)
-        self.stage = SimStage(stage_id, self, STAGE_LIMITS_M, stage_z_m)
+        self.stage = SimStage(stage_id, self, STAGE_LIMITS_M)
         self.camera = SimCamera(cam_id, self, exposure_s=exposure_s)
         for dev in (self.slm, self.stage, self.camera):
             dev.open()
@@ -211,7 +213,7 @@ class SimulatedBench:
     def expected_dn(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Noise-free mean DN (B, Hs, Ws) at the current exposure and stage position (truth)."""
         return self.renderer.expected_dn(
-            self._grey(images), self.stage._z_m, self.camera.exposure_s
+            self._grey(images), self.state.stage_z_m, self.camera.exposure_s
         )
 
     def close(self) -> None:

@@ -1,9 +1,11 @@
 """Simulated SLM, camera and stage: the public protocol over a shared `SimulatedBench`.
 
-They implement only ``_hw`` hooks (`drivers.base.DeviceBase` supplies locking, timing, error
-mapping and the disconnected state), so the twins fail exactly the way real drivers do. None
-of them sleeps in normal operation: the device clock (`Frame.timestamp_s`) is simulated, so
-thousands of frames take seconds, not minutes.
+What they share physically -- the panel's contents and the stage position -- is one explicit
+`drivers.sim.state.BenchState` (``bench.state``); no device reads another device's private
+attributes. They implement only ``_hw`` hooks (`drivers.base.DeviceBase` supplies locking,
+timing, error mapping and the disconnected state), so the twins fail exactly the way real
+drivers do. None of them sleeps in normal operation: the device clock (`Frame.timestamp_s`) is
+simulated, so thousands of frames take seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from drivers.errors import (
     FrameIncomplete,
     LimitError,
     MotionError,
+    UnsupportedFeature,
 )
 from drivers.protocols import (
     DEFAULT_MOVE_TIMEOUT_S,
@@ -75,9 +78,6 @@ class SimSLM(_SimDevice):
         self.shape_hw: tuple[int, int] = tuple(bench.image_hw)  # type: ignore[assignment]
         self.channels = bench.channels
         self.bit_depth = 8
-        blank = np.zeros((*self.shape_hw, self.channels), np.uint8)
-        self._displayed: tuple[np.ndarray, PatternId | None] = (blank, None)
-        self._pending: tuple[np.ndarray, PatternId | None] | None = None
         self._last_id: PatternId | None = None
 
     @property
@@ -105,20 +105,8 @@ class SimSLM(_SimDevice):
     def _show_hw(self, grey: np.ndarray, pattern_id: PatternId | None, timeout_s: float) -> None:
         fired = self._fault("display", "show", timeout_s, "slm.latency")
         frame = grey.reshape(*self.shape_hw, self.channels)
-        if self._pending is not None:  # a late pattern has appeared by now
-            self._displayed, self._pending = self._pending, None
-        if fired["slm.latency"]:
-            self._pending = (frame, pattern_id)  # panel still shows the previous pattern
-        else:
-            self._displayed = (frame, pattern_id)
+        self._bench.state.show(frame, pattern_id, late=fired["slm.latency"])
         self._last_id = pattern_id
-
-    def _displayed_for_exposure(self) -> tuple[np.ndarray, PatternId | None]:
-        """What the camera sees now; a late pattern appears after this exposure."""
-        shown = self._displayed
-        if self._pending is not None:
-            self._displayed, self._pending = self._pending, None
-        return shown
 
     def _status_hw(self, timeout_s: float) -> dict[str, Any]:
         return {"pattern_id": self._last_id, "resolution_hw": list(self.shape_hw)}
@@ -132,9 +120,14 @@ class SimSLM(_SimDevice):
 
 
 class SimCamera(_SimDevice):
-    """Mono camera over the tiled sensor; frames rendered on demand by the bench model."""
+    """Mono camera over the tiled sensor; frames rendered on demand by the bench model.
+
+    Every frame is rendered when `capture` is called, from what the panel shows then: the
+    exposure always starts after the call, which is what a software trigger gives a real
+    camera. So it offers ``free_run`` and ``software`` triggers, and both behave alike."""
 
     kind = "camera"
+    trigger_modes = ("free_run", "software")
 
     def __init__(self, device_id: str, bench: SimulatedBench, exposure_s: float = 1.0) -> None:
         super().__init__(device_id, bench)
@@ -144,6 +137,24 @@ class SimCamera(_SimDevice):
         self._frame_id = -1
         self._clock_s = 0.0
         self._stats = {"delivered": 0, "dropped": 0, "incomplete": 0, "timeouts": 0}
+        self._trigger = "free_run"
+
+    @property
+    def trigger(self) -> str:
+        return self._trigger
+
+    def set_trigger(self, mode: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+        """Same contract as the GenICam driver; returns the previous mode."""
+        if mode not in ("free_run", "software", "hardware"):
+            raise ValueError(f"trigger: expected free_run, software or hardware, got {mode!r}")
+        if mode not in self.trigger_modes:
+            raise UnsupportedFeature(
+                f"trigger={mode!r}: the twin supports {list(self.trigger_modes)}",
+                device_id=self.device_id,
+                operation="set_trigger",
+            )
+        previous, self._trigger = self._trigger, mode
+        return previous
 
     @property
     def exposure_range_s(self) -> tuple[float, float]:
@@ -196,9 +207,9 @@ class SimCamera(_SimDevice):
         while faults.fires("camera.drop"):  # lost in transport: the id is used up
             self._next_id()
             self._stats["dropped"] += 1
-        grey, pattern_id = bench.slm._displayed_for_exposure()
+        grey, pattern_id = bench.state.expose()
         frame_id, stamp = self._next_id()
-        z = bench.stage._z_m
+        z = bench.state.stage_z_m
         grey_t = torch.from_numpy(np.moveaxis(grey, -1, 0)[None].copy())
         key = bench.noise.key(grey_t[0], pattern_id, self._exposure_s, z)
         pixels = bench.renderer.frames_dn(grey_t, z, self._exposure_s, [bench.noise.generator(key)])
@@ -232,7 +243,7 @@ class SimCamera(_SimDevice):
     def _render_batch(self, grey: torch.Tensor, pattern_ids: list[PatternId | None]) -> list[Frame]:
         """Bench.render fast path: same model and per-frame noise, no transport faults."""
         bench = self._bench
-        z = bench.stage._z_m
+        z = bench.state.stage_z_m
         generators = []
         for i in range(grey.shape[0]):  # in order: repeats within the batch count up
             key = bench.noise.key(grey[i], pattern_ids[i], self._exposure_s, z)
@@ -276,11 +287,18 @@ class SimStage(_SimDevice):
     kind = "stage"
 
     def __init__(
-        self, device_id: str, bench: SimulatedBench, limits_m: tuple[float, float], z_m: float
+        self, device_id: str, bench: SimulatedBench, limits_m: tuple[float, float]
     ) -> None:
         super().__init__(device_id, bench)
         self._limits = (float(limits_m[0]), float(limits_m[1]))
-        self._z_m = float(z_m)
+
+    @property
+    def _z_m(self) -> float:
+        return self._bench.state.stage_z_m
+
+    @_z_m.setter
+    def _z_m(self, value: float) -> None:
+        self._bench.state.stage_z_m = float(value)
 
     @property
     def limits_m(self) -> tuple[float, float]:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from drivers.errors import (
     LimitError,
     UnsupportedFeature,
 )
-from drivers.protocols import SLM, Camera, Frame, Stage
+from drivers.protocols import FLAG_TIMESTAMP_WRAPPED, SLM, Camera, Frame, Stage
 from drivers.sim import FaultConfig, SimulatedBench, design_psfs
 
 BENCH_ENV = "ONNLAB_BENCH_CONFIG"
@@ -44,6 +45,12 @@ def _viky_cti() -> str:
     import genicam
 
     return str(Path(genicam.__file__).parent / "viky.cti")
+
+
+def _tlsimu_cti() -> str:
+    from gentl_producers import tlsimu_cti
+
+    return tlsimu_cti()
 
 
 def _sim_bench(**faults) -> SimulatedBench:
@@ -107,9 +114,27 @@ def _make(kind: str, impl: str) -> Subject:
 
         def provoke_cam() -> Callable[[], object]:
             dev._ia.remote_device.node_map.AcquisitionFrameRate.value = 1.0
+            dev.set_frame_policy("after_call")  # so a frame queued at 200 Hz does not count
             return lambda: dev.capture(timeout_s=0.1)
 
         return Subject(dev, provoke_cam, dev.close)
+    if impl == "genicam-tlsimu":  # a second real producer: software trigger, device clock
+        from gentl_producers import TLSIMU_MONO
+
+        from drivers.camera_genicam import GenicamCamera
+
+        dev = GenicamCamera("cam0", cti=_tlsimu_cti(), serial=TLSIMU_MONO)
+        dev.open()
+
+        def provoke_tlsimu() -> Callable[[], object]:
+            dev.set_trigger("software")
+            real = dev._node  # the trigger never reaches the camera: no frame comes
+            dev._node = lambda n: (
+                SimpleNamespace(execute=lambda: None) if n == "TriggerSoftware" else real(n)
+            )  # noqa: E501
+            return lambda: dev.capture(timeout_s=0.1)
+
+        return Subject(dev, provoke_tlsimu, dev.close)
     if impl == "smc100":
         from drivers.stage_smc100 import SMC100Stage
 
@@ -154,7 +179,7 @@ def _params(kind: str, impls: list[str]) -> list:
 
 
 SLMS = _params("slm", ["sim", "slmsuite"])
-CAMERAS = _params("camera", ["sim", "genicam"])
+CAMERAS = _params("camera", ["sim", "genicam", "genicam-tlsimu"])
 STAGES = _params("stage", ["sim", "smc100"])
 ALL = SLMS + CAMERAS + STAGES
 
@@ -317,3 +342,87 @@ def test_stage_contract(subject: Subject) -> None:
     assert stage.get_position() == pytest.approx(z0, abs=1e-7)
     stage.stop()
     assert stage.get_position() == pytest.approx(z0, abs=1e-7)
+
+
+# ---------------------------------------------------------------------------- issue 16
+
+
+@pytest.mark.parametrize("subject", CAMERAS, indirect=True)
+def test_camera_trigger_contract(subject: Subject) -> None:
+    """Software trigger: one exposure per capture, started after the call (no id gaps, no
+    frames discarded); a camera without it refuses typed and keeps working in free run."""
+    cam = subject.device
+    modes = tuple(getattr(cam, "trigger_modes", ("free_run",)))
+    assert "free_run" in modes and set(modes) <= {"free_run", "software", "hardware"}
+    if not hasattr(cam, "set_trigger"):
+        pytest.skip("this camera has no trigger control")
+    if "software" not in modes:
+        with pytest.raises(UnsupportedFeature):
+            cam.set_trigger("software")
+        assert cam.capture(timeout_s=5.0).pixels.size
+        return
+    previous = cam.set_trigger("software")
+    try:
+        before = cam.stats()
+        frames = [cam.capture(timeout_s=5.0) for _ in range(4)]
+        after = cam.stats()
+        ids = [f.frame_id for f in frames]
+        assert ids == list(range(ids[0], ids[0] + 4))
+        assert after["dropped"] == before["dropped"]
+        assert after.get("discarded", 0) == before.get("discarded", 0)
+    finally:
+        cam.set_trigger(previous)
+    assert cam.capture(timeout_s=5.0).pixels.size
+
+
+@pytest.mark.parametrize("subject", CAMERAS, indirect=True)
+def test_camera_timestamps_are_monotonic_or_flagged(subject: Subject) -> None:
+    cam = subject.device
+    frames = [cam.capture(timeout_s=5.0) for _ in range(8)]
+    for prev, f in zip(frames, frames[1:], strict=False):
+        assert f.frame_id > prev.frame_id
+        assert f.timestamp_s >= prev.timestamp_s or FLAG_TIMESTAMP_WRAPPED in f.flags
+    stats = cam.stats()
+    assert stats.get("timestamp_wraps", 0) == sum(FLAG_TIMESTAMP_WRAPPED in f.flags for f in frames)
+
+
+def _two_camera_sets() -> list:
+    sets = [pytest.param("viky", id="viky"), pytest.param("tlsimu", id="tlsimu")]
+    path = os.environ.get(BENCH_ENV)
+    if path:
+        from drivers.registry import load_bench_config
+
+        config = load_bench_config(path)
+        cams = [i for i, d in config.devices.items() if d.kind == "camera"]
+        if len(cams) >= 2:
+            sets.append(pytest.param(f"bench:{cams[0]},{cams[1]}", id="bench"))
+    return sets
+
+
+@pytest.mark.parametrize("which", _two_camera_sets())
+def test_two_cameras_on_one_producer_stream_together(which: str) -> None:
+    from drivers.camera_genicam import GenicamCamera
+
+    if which.startswith("bench:"):
+        from drivers.registry import open_devices
+
+        devs = open_devices(os.environ[BENCH_ENV], ids=which[6:].split(","))
+        cams = list(devs.values())
+    elif which == "viky":
+        cams = [GenicamCamera(f"cam{i}", cti=_viky_cti(), serial=str(i)) for i in (0, 1)]
+    else:
+        from gentl_producers import TLSIMU_MONO, TLSIMU_MONO_2
+
+        serials = (TLSIMU_MONO, TLSIMU_MONO_2)
+        cams = [
+            GenicamCamera(f"cam{i}", cti=_tlsimu_cti(), serial=s) for i, s in enumerate(serials)
+        ]
+    try:
+        for cam in cams:
+            cam.open()
+        for _ in range(3):
+            frames = [cam.capture(timeout_s=5.0) for cam in cams]
+            assert [f.device_id for f in frames] == [c.device_id for c in cams]
+    finally:
+        for cam in cams:
+            cam.close()

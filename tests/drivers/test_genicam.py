@@ -60,10 +60,15 @@ def test_rgb_pixel_format_gives_hw3_frames_and_bad_settings_fail_typed() -> None
         GenicamCamera("cam0", cti=VIKY, model="Viky").open()
 
 
-def test_frames_carry_the_paired_slm_pattern_id() -> None:
+def test_frames_carry_the_paired_slm_pattern_id_only_when_exposed_after_the_call() -> None:
     class Panel:
         pattern_id = "digit-7"
 
-    with GenicamCamera("cam0", cti=VIKY, serial="1", frame_rate_hz=200) as cam:
+    with GenicamCamera(
+        "cam0", cti=VIKY, serial="1", frame_rate_hz=200, frame_policy="after_call"
+    ) as cam:
         cam.pattern_source = Panel()
         assert cam.capture(timeout_s=5.0).pattern_id == "digit-7"
+        cam.set_frame_policy("full_rate")  # the frame may predate the pattern: not claimed
+        frame = cam.capture(timeout_s=5.0)
+        assert frame.pattern_id is None and frame.meta["pattern_id_at_delivery"] == "digit-7"

@@ -225,3 +225,38 @@ def test_bad_bench_parameters_name_the_parameter() -> None:
     bench = SimulatedBench(torch.rand(2, 1, 3, 3) * 0.05, (8, 8))
     with pytest.raises(ValueError, match="images"):
         bench.render(torch.rand(2, 1, 9, 9))
+
+
+def test_devices_share_one_explicit_state_not_each_others_privates() -> None:
+    """Issue 16/17: the camera read `bench.slm._displayed_for_exposure()` and
+    `bench.stage._z_m`; the shared physical state is now one `BenchState`."""
+    import inspect
+
+    from drivers.sim import devices
+    from drivers.sim.state import BenchState
+
+    src = inspect.getsource(devices)
+    assert "bench.slm" not in src and "bench.stage" not in src
+    bench = _ideal(_delta_psfs())
+    assert isinstance(bench.state, BenchState)
+    bench.stage.move_absolute(12.6e-3)
+    assert bench.state.stage_z_m == pytest.approx(12.6e-3)
+    grey = np.full(bench.image_hw, 200, np.uint8)
+    bench.slm.show(grey, pattern_id="p")
+    assert bench.state.displayed_id == "p"
+    frame = bench.camera.capture()
+    assert frame.pattern_id == "p" and frame.meta["stage_z_m"] == pytest.approx(12.6e-3)
+    bench.state.stage_z_m = 12.0e-3  # one source of truth: the camera sees the new z
+    assert bench.camera.capture().meta["stage_z_m"] == pytest.approx(12.0e-3)
+    assert bench.stage.get_position() == pytest.approx(12.0e-3)
+
+
+def test_display_latency_through_the_shared_state() -> None:
+    from drivers.sim.state import BenchState
+
+    state = BenchState.blank((2, 2), 1, 0.0)
+    a, b = np.full((2, 2, 1), 1, np.uint8), np.full((2, 2, 1), 2, np.uint8)
+    state.show(a, "a", late=False)
+    state.show(b, "b", late=True)  # the panel still shows 'a' for one exposure
+    assert state.expose()[1] == "a"
+    assert state.expose()[1] == "b"
