@@ -17,7 +17,15 @@ What it measures, in one process, batch 128:
    variant, (MNIST) the default with the exact teacher Gram instead of its one-direction sketch,
    and (MNIST only: it needs B x C x P memory) the naive reference -- student Gram by
    vmap(jacrev) + double backward on the whole batch, teacher as in the default.
-3. Peak memory of each step: CUDA ``max_memory_allocated``; on CPU the peak resident-set growth
+3. Segmentation (``segmentation_*`` keys; synthetic shapes, 56-PSF student, U-Net teacher,
+   batch 8, the task's default): the default NTKD objective (matched one-direction sketch,
+   lazy every ``ntk_every`` steps) against KD: the step that takes the NTKD term, and the mean
+   step over one lazy cycle; the NTKD loss at student = teacher (a trainable copy of the
+   teacher) for the default and for the previous default (independent one-direction student
+   sketch vs exact teacher Gram); and, per anchor, the cosine between the gradient of each
+   estimator's loss and of the exact-Gram loss (how much of a step is signal), plus the
+   relative error of the matched student Gram vs the vmap/jacrev oracle of the projected output.
+4. Peak memory of each step: CUDA ``max_memory_allocated``; on CPU the peak resident-set growth
    sampled every millisecond after returning freed memory to the OS (``malloc_trim``).
 
 Timings are ratios taken in the same process with KD and NTKD steps interleaved, because the
@@ -41,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from onnlab.distill.losses import centre_gram
+from onnlab.distill.losses import centre_gram, ntkd_loss
 from onnlab.distill.ntk import ntk_gram
 from onnlab.distill.objective import NTKDObjective
 from onnlab.runtime import default_device
@@ -346,13 +354,129 @@ def _train_set(task: str) -> Any:
         return ArrayDataset(x, torch.zeros(4500, dtype=torch.long))
 
 
+def _segmentation(quick: bool, seed: int) -> dict[str, Any]:
+    """Segmentation NTKD: cost vs KD, zero at student = teacher, gradient signal (see doc)."""
+    import copy
+
+    from onnlab.data import load_dataset
+    from onnlab.models.zoo import build_student, build_teacher
+    from onnlab.training.losses import KDLoss
+
+    torch.manual_seed(seed)
+    data = load_dataset("segmentation", "train", None, limit=256)
+    batch_n = 8
+    x, y = data.images[:batch_n], data.targets[:batch_n]
+    student, teacher = build_student("segmentation"), build_teacher("segmentation").eval()
+    student.initialise(x)
+    student.train()
+    anchors = 2 if quick else 4
+    default = NTKDObjective(teacher, "segmentation", seed=seed, anchors=anchors)
+    t0 = time.perf_counter()
+    default.prepare(data, "cpu", seed, batch_size=batch_n)
+    setup_s = time.perf_counter() - t0
+    kd = KDLoss(teacher, "segmentation")
+    optimiser = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    batch = {"x": x, "y": y}
+
+    def step(loss: Any, ntkd_now: bool | None = None) -> float:
+        if ntkd_now is not None:
+            loss._calls = 0 if ntkd_now else 1
+        t = time.perf_counter()
+        optimiser.zero_grad(set_to_none=True)
+        loss(student, batch)[0].backward()
+        optimiser.step()
+        return time.perf_counter() - t
+
+    repeats = 3 if quick else 5
+    step(kd), step(default, True), step(default, False)  # warm-up
+    times: dict[str, list[float]] = {"kd": [], "ntkd_term": [], "lazy": []}
+    for _ in range(repeats):
+        times["kd"].append(step(kd))
+        times["ntkd_term"].append(step(default, True))
+        times["lazy"].append(step(default, False))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    k = default.ntk_every
+    mean_step = (med["ntkd_term"] + (k - 1) * med["lazy"]) / k
+
+    # zero at student = teacher; gradient signal per anchor
+    twin = copy.deepcopy(teacher).eval()
+    for p in twin.parameters():
+        p.requires_grad_(True)
+    pool = default.anchor_pool
+    params = [p for p in student.parameters() if p.requires_grad]
+    independent = NTKDObjective(
+        teacher, "segmentation", seed=seed, directions=None, estimator="output", size=1
+    )
+    zero_default, zero_independent, cos_default, cos_independent, rel_matched = [], [], [], [], []
+    for a in range(len(pool)):
+        x_a, g_anchor, rows = pool.draw()
+        g_exact_t = ntk_gram(teacher, x_a, params=list(teacher.parameters()))
+        twin_matched = default.student_gram(twin, x_a, rows)[0]
+        zero_default.append(ntkd_loss(twin_matched, g_anchor).item())
+        twin_independent = independent.student_gram(twin, x_a)[0]
+        zero_independent.append(ntkd_loss(twin_independent, g_exact_t).item())
+
+        def grad(loss: Tensor) -> Tensor:
+            return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+        exact = grad(ntkd_loss(ntk_gram(student, x_a, create_graph=True), g_exact_t))
+        matched = default.student_gram(student, x_a, rows)[0]
+        cos_default.append(_cos(grad(ntkd_loss(matched, g_anchor)), exact))
+        cos_independent.append(
+            _cos(grad(ntkd_loss(independent.student_gram(student, x_a)[0], g_exact_t)), exact)
+        )
+        if a == 0:
+            proj = rows.to(x_a)
+            oracle = ntk_gram(
+                student,
+                x_a,
+                estimator="jacobian",
+                chunk_size=2,
+                output_fn=lambda out, u=proj: (
+                    torch.nn.functional.adaptive_avg_pool2d(out, 4).flatten(1) @ u.T
+                ),
+            )
+            rel_matched.append(_rel(matched.detach(), oracle))
+    return {
+        "data": "synthetic segmentation shapes (train)",
+        "batch": batch_n,
+        "defaults": {
+            "directions": default.directions,
+            "ntk_batch": default.ntk_batch,
+            "ntk_every": k,
+            "teacher_estimator": default.teacher_estimator,
+        },
+        "teacher_weights": f"random init (seed {seed})",
+        "step_s": med,
+        "ntkd_term_over_kd_step_time": med["ntkd_term"] / med["kd"],
+        "ntkd_over_kd_step_time": mean_step / med["kd"],
+        "anchor_setup_s_per_anchor": setup_s / len(pool),
+        "loss_student_equals_teacher": max(zero_default),
+        "loss_student_equals_teacher_independent_sketch": zero_independent,
+        "grad_cosine_vs_exact": statistics.fmean(cos_default),
+        "grad_cosine_vs_exact_independent_sketch": statistics.fmean(cos_independent),
+        "matched_gram_rel_error_vs_oracle": max(rel_matched),
+        "anchors_checked": len(pool),
+    }
+
+
+def _cos(a: Tensor, b: Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
 def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Estimator errors (MNIST) and NTKD/KD step-time ratios (MNIST, CIFAR-10); see module doc."""
     t0 = time.perf_counter()
     accuracy = _accuracy(quick, seed)
     mnist = _timing("mnist", quick, seed)
     cifar = _timing("cifar10", quick, seed)
+    seg = _segmentation(quick, seed)
     return {
+        "segmentation_ntkd_over_kd_step_time": seg["ntkd_over_kd_step_time"],
+        "segmentation_ntkd_term_over_kd_step_time": seg["ntkd_term_over_kd_step_time"],
+        "segmentation_loss_student_equals_teacher": seg["loss_student_equals_teacher"],
+        "segmentation_grad_cosine_vs_exact": seg["grad_cosine_vs_exact"],
+        "segmentation": seg,
         "ntkd_over_kd_step_time": mnist["ratio_over_kd"]["ntkd"],
         "ntkd_over_kd_step_time_cifar10": cifar["ratio_over_kd"]["ntkd"],
         "sketch_rel_error": accuracy["sketch_rel_error"],

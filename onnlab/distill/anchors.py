@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from onnlab.distill.ntk import ntk_gram
+from onnlab.distill.ntk import default_output_fn, eval_mode, ntk_gram, orthogonal_rows
 
 DEFAULT_ANCHORS = 64
 
@@ -69,11 +69,27 @@ class AnchorPool:
     """Anchor samples for the student, their exact teacher Grams, and a seeded cycle over them.
 
     Built by :meth:`build`; :meth:`next` returns the student input and teacher Gram of the next
-    anchor batch.  The cycle visits every anchor once per round in a fresh seeded order.
+    anchor batch (:meth:`draw` also its output directions).  The cycle visits every anchor once
+    per round in a fresh seeded order.
+
+    ``cotangents`` (count, M, C): the output directions each anchor's teacher Gram was taken
+    along (None: all C outputs, the exact Gram).  A student Gram taken along the same rows is
+    the matched sketch: equal to the teacher's whenever the models are equal, so an NTKD loss
+    built on it is exactly 0 at student = teacher, which an independent student sketch is not.
     """
 
-    def __init__(self, indices: Tensor, x_student: Tensor, grams: Tensor, seed: int) -> None:
+    def __init__(
+        self,
+        indices: Tensor,
+        x_student: Tensor,
+        grams: Tensor,
+        seed: int,
+        cotangents: Tensor | None = None,
+    ) -> None:
+        if cotangents is not None and cotangents.shape[0] != indices.shape[0]:
+            raise ValueError("cotangents: one (M, C) block per anchor batch")
         self.indices, self.x_student, self.grams = indices, x_student, grams
+        self.cotangents = cotangents
         self.seed = seed
         self.setup_s = 0.0
         self._round, self._pos = 0, 0
@@ -95,12 +111,18 @@ class AnchorPool:
 
     def next(self) -> tuple[Tensor, Tensor]:
         """(student input (batch, ...), exact teacher Gram (batch, batch)) of the next anchor."""
+        x, gram, _ = self.draw()
+        return x, gram
+
+    def draw(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``next`` plus the anchor's output directions (M, C), None for the exact Gram."""
         if self._pos == len(self):
             self._round, self._pos = self._round + 1, 0
             self._order = self._shuffle(self._round)
         k = int(self._order[self._pos])
         self._pos += 1
-        return self.x_student[k], self.grams[k]
+        rows = None if self.cotangents is None else self.cotangents[k]
+        return self.x_student[k], self.grams[k], rows
 
     @classmethod
     def build(
@@ -112,6 +134,7 @@ class AnchorPool:
         count: int = DEFAULT_ANCHORS,
         seed: int = 0,
         device: torch.device | str | None = None,
+        directions: int | None = None,
         output_fn: Callable[[Tensor], Tensor] | None = None,
         chunk_size: int | None = None,
         shard: tuple[int, int] | None = None,
@@ -121,7 +144,10 @@ class AnchorPool:
         The Grams are taken in eval mode without a graph, one anchor batch at a time (the
         structured engine's cost is linear in the batch, so grouping saves nothing and would
         only raise peak memory).  ``device``: where the student inputs and Grams are kept
-        (default: the teacher's device).  ``shard=(rank, world_size)``: keep only this rank's
+        (default: the teacher's device).  ``directions``: None for the exact Gram over all C
+        outputs; M for M seeded orthonormal output directions per anchor (``cotangents``),
+        drawn from the anchor's first sample index so they do not depend on how the pool is
+        split across processes.  ``shard=(rank, world_size)``: keep only this rank's
         share of the selected anchors (default: the torch.distributed process group's, if one
         is initialised; ``(0, 1)``: the whole pool).
         """
@@ -144,17 +170,46 @@ class AnchorPool:
         params = list(teacher.parameters())
         t_device = params[0].device if params else torch.device("cpu")
         keep = torch.device(device) if device is not None else t_device
+        rows = None
+        if directions is not None:
+            rows = _anchor_directions(teacher, x_teacher_all, idx, directions, seed, output_fn)
         grams = [
             ntk_gram(
                 teacher,
                 x_teacher_all[row].to(t_device),
-                estimator="exact",
+                estimator="exact" if rows is None else "output",
+                cotangents=None if rows is None else rows[k],
                 params=params,
                 chunk_size=chunk_size,
                 output_fn=output_fn,
             ).to(keep)
-            for row in idx
+            for k, row in enumerate(idx)
         ]
-        pool = cls(idx, images[idx].to(keep), torch.stack(grams), seed)
+        pool = cls(idx, images[idx].to(keep), torch.stack(grams), seed, rows)
         pool.setup_s = time.perf_counter() - t0
         return pool
+
+
+def _anchor_directions(
+    teacher: nn.Module,
+    x_teacher: Tensor,
+    idx: Tensor,
+    directions: int,
+    seed: int,
+    output_fn: Callable[[Tensor], Tensor] | None,
+) -> Tensor:
+    """(count, M, C) orthonormal output rows per anchor batch, scaled so E[U^T U] = I."""
+    if directions < 1:
+        raise ValueError(f"directions must be >= 1, got {directions}")
+    params = list(teacher.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    with torch.no_grad(), eval_mode(teacher):
+        n_out = (output_fn or default_output_fn)(teacher(x_teacher[idx[0, :1]].to(device)))
+    n_out = n_out.shape[1]
+    blocks = [
+        orthogonal_rows(
+            directions, n_out, torch.Generator().manual_seed(seed * 1_000_003 + int(row[0]))
+        )
+        for row in idx
+    ]
+    return torch.stack(blocks).to(torch.get_default_dtype())

@@ -17,7 +17,9 @@ Estimators (all batched, differentiable with ``create_graph=True``, deterministi
   v_r ~ N(0, I), by forward-mode JVPs; ``size`` = m.  Unbiased; error ~ 1/sqrt(m).
 - ``"output"``: random *output* projections: per-sample gradients of u_r . f with u_r drawn as
   rows of Haar-random orthogonal C x C blocks scaled by sqrt(C/m); ``size`` = m.  Exact when m is
-  a multiple of C, unbiased below; useful for many outputs (segmentation).
+  a multiple of C, unbiased below; useful for many outputs (segmentation).  Explicit rows can
+  be passed instead (``cotangents``): two models projected on the *same* rows have Grams that
+  are equal whenever the models are (the matched sketch of ``onnlab.distill.anchors``).
 
 BatchNorm/dropout: the Gram is always taken in eval mode (running statistics, no dropout) because
 the NTK of a train-mode BatchNorm couples samples and is not the kernel of the deployed model; the
@@ -132,7 +134,7 @@ def _primals(named: dict[str, Tensor], create_graph: bool) -> dict[str, Tensor]:
     return out
 
 
-def _orthogonal_rows(m: int, c: int, generator: torch.Generator) -> Tensor:
+def orthogonal_rows(m: int, c: int, generator: torch.Generator) -> Tensor:
     """m rows from stacked Haar-random orthogonal c x c blocks, scaled so E[U^T U] = I."""
     blocks = []
     for _ in range(-(-m // c)):
@@ -223,6 +225,8 @@ def ntk_gram(model: nn.Module, x: Tensor, **options: Any) -> Tensor:
         chunk_size: bounds memory: samples per vmapped Jacobian chunk ("jacobian"),
             projections per chunk ("jvp"), Jacobian elements per block ("exact"/"output").
         output_fn: maps the model output to (B, C); default ``default_output_fn``.
+        cotangents: explicit (M, C) output rows for "output" (``size``/``generator`` unused);
+            the Gram is then ``sum_m (J^T u_m)(J^T u_m)^T``.
     """
     return ntk_gram_and_output(model, x, **options)[0]
 
@@ -238,6 +242,7 @@ def ntk_gram_and_output(
     params: Iterable[Tensor] | Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
     output_fn: Callable[[Tensor], Tensor] | None = None,
+    cotangents: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``ntk_gram`` (same options, documented there) plus the eval-mode model output.
 
@@ -253,6 +258,8 @@ def ntk_gram_and_output(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if x.dim() < 2:
         raise ValueError(f"x must be batched (B, ...), got shape {tuple(x.shape)}")
+    if cotangents is not None and (estimator != "output" or cotangents.dim() != 2):
+        raise ValueError("cotangents: an (M, C) tensor, with estimator='output' only")
     output_fn = output_fn or default_output_fn
     gen = generator or torch.Generator().manual_seed(_DEFAULT_SEED)
     named = resolve_params(model, params)
@@ -260,7 +267,7 @@ def ntk_gram_and_output(
     x = x.detach()
     with eval_mode(model), torch.enable_grad():
         gram, out = _dispatch(
-            model, x, primals, estimator, size, gen, create_graph, chunk_size, output_fn
+            model, x, primals, estimator, size, gen, create_graph, chunk_size, output_fn, cotangents
         )
     if not create_graph:
         gram = gram.detach()
@@ -278,6 +285,7 @@ def _dispatch(
     create_graph: bool,
     chunk_size: int | None,
     output_fn: Callable[[Tensor], Tensor],
+    rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     if estimator == "jacobian":
         return _gram_jacobian(model, x, primals, output_fn, chunk_size or x.shape[0]), None
@@ -286,7 +294,7 @@ def _dispatch(
         return _gram_jvp(model, x, primals, output_fn, m, chunk_size or min(m, 32), gen), None
 
     def cot(n_out: int) -> Tensor:
-        return _orthogonal_rows(size or n_out, n_out, gen)
+        return orthogonal_rows(size or n_out, n_out, gen) if rows is None else rows
 
     try:
         return structured_gram(
@@ -300,4 +308,10 @@ def _dispatch(
         )
     except Unsupported as exc:  # exact is a valid (if slower) answer for "output" too
         warnings.warn(f"structured NTK unavailable ({exc}); using vmap(jacrev)", stacklevel=3)
+        if rows is not None:  # explicit rows must stay explicit: project the outputs on them
+
+            def projected(out: Tensor, fn: Callable[[Tensor], Tensor] = output_fn) -> Tensor:
+                return fn(out) @ rows.to(out).T
+
+            output_fn = projected
         return _gram_jacobian(model, x, primals, output_fn, chunk_size or x.shape[0]), None

@@ -61,8 +61,20 @@ TEACHER_ESTIMATORS = (*ESTIMATORS, "anchor")
 # this many samples when the caller of ``prepare`` does not say.
 FULL_ANCHOR_BATCH = 128
 # Segmentation: 16 pooled mask outputs x per-sample weight-gradients of full-resolution
-# decoder convolutions make the exact student Gram ~50x a KD step; one random output direction
-# per step for the student too brings it to ~3-5x.
+# decoder convolutions make the exact student Gram ~60x a KD step (16 anchor samples: ~150x).
+# The default is the matched sketch: each anchor batch has one seeded output direction, the
+# teacher's cached Gram and the student's Gram are both taken along it, so the loss is exactly
+# 0 at student = teacher (an independent one-direction student sketch against the exact
+# teacher Gram gave 0.32-0.42 there: noise, not signal).  Anchor batches of 8 samples, the
+# segmentation training batch.  Measured by ``onnlab bench ntk`` ("segmentation" keys).
+SEGMENTATION_DIRECTIONS = 1
+SEGMENTATION_NTK_BATCH = 8
+# Even matched and one-directional, a segmentation Gram with its double backward costs ~3x a
+# student step (full-resolution decoder convolutions), so the NTKD term is lazy there (Karras
+# et al. 2020, "lazy regularisation"): taken every 4th step with 4x the weight, the same mean
+# weight; the steps between are task (+ KD) steps.  1 for classification, whose Grams are cheap.
+SEGMENTATION_NTK_EVERY = 4
+# per-step teacher estimators ("output"/"jvp"/"exact") with segmentation: the student sketch
 SEGMENTATION_ESTIMATOR, SEGMENTATION_SIZE = "output", 1
 
 _MODE_DEPENDENT = (
@@ -114,18 +126,26 @@ class NTKDObjective:
         task: task name ("mnist", "cifar10", "segmentation") for the task / KD losses.
         alpha, beta, kd_weight: weights of the three terms.
         normalisation: Gram comparison, see ``onnlab.distill.losses`` ("cka" default).
-        estimator, size: student NTK estimator; None -> "exact" (the structured exact Gram)
-            for classification, "output" with one direction for segmentation.
+        estimator, size: student NTK estimator; None -> "exact" (the structured exact Gram),
+            except segmentation with a per-step teacher estimator: "output", one direction.
+            With anchors and ``directions`` the student uses the anchor's rows instead.
         seed: seeds the projection generators (student and teacher use separate streams).
         teacher_estimator, teacher_size: teacher NTK estimator (an ``ntk_gram`` estimator
             taken on each batch, or "anchor": exact Grams cached on a fixed pool of anchor
             batches, which needs ``prepare`` before the first call).
         anchors: number of disjoint anchor batches of ``ntk_batch`` samples ("anchor" only).
+        directions: "anchor" only: None compares exact Grams over all outputs; M compares
+            Grams taken along M seeded output directions per anchor, the same for teacher and
+            student (matched sketch, 0 at student = teacher); "auto": None for classification,
+            1 for segmentation.
         temperature: KD temperature (only used when ``kd_weight > 0``).
         output_fn: (B, ...) output -> (B, C) for the NTK; default pools masks to 4x4.
-        ntk_batch: take the Grams on the first ``ntk_batch`` samples of the batch (default 16;
-            the loop shuffles, so that is a random subset); None, 0 or "all" = the whole
-            batch.  The task/KD terms always use the whole batch.
+        ntk_every: take the NTKD term every ``ntk_every``-th call, weighted by ``ntk_every``
+            (lazy regularisation; "auto": 1, 4 for segmentation).  The calls between are task
+            (+ KD) steps and log the most recent NTKD value.
+        ntk_batch: take the Grams on the first ``ntk_batch`` samples of the batch ("auto": 16,
+            8 for segmentation; the loop shuffles, so that is a random subset); None, 0 or
+            "all" = the whole batch.  The task/KD terms always use the whole batch.
         params: the student parameters to take the NTK over (None: all requires_grad ones).
         chunk_size: memory bound passed to ``ntk_gram``.
     """
@@ -146,10 +166,12 @@ class NTKDObjective:
         teacher_size: int | None = TEACHER_SIZE,
         temperature: float = 10.0,
         output_fn: Callable[[Tensor], Tensor] | None = None,
-        ntk_batch: int | str | None = NTK_BATCH,
+        ntk_batch: int | str | None = "auto",
         params: Iterable[Tensor] | None = None,
         chunk_size: int | None = None,
         anchors: int = DEFAULT_ANCHORS,
+        directions: int | str | None = "auto",
+        ntk_every: int | str = "auto",
     ) -> None:
         for name, value in (("alpha", alpha), ("beta", beta), ("kd_weight", kd_weight)):
             if value < 0:
@@ -160,10 +182,30 @@ class NTKDObjective:
             )
         self.task_loss = TaskLoss(task)
         self.kind = self.task_loss.kind
+        segmentation = self.kind == "segmentation"
+        anchored = teacher_estimator == "anchor"
+        if directions == "auto":
+            directions = SEGMENTATION_DIRECTIONS if segmentation else None
+        if directions in ("none", "exact"):  # CLI spellings (--loss-opt directions=exact)
+            directions = None
+        if directions is not None and (not isinstance(directions, int) or directions < 1):
+            raise ValueError(f"directions must be an integer >= 1 or None, got {directions!r}")
+        if anchored and directions is not None and estimator not in (None, "output"):
+            raise ValueError(
+                "directions (matched sketch) sets the student's output rows; leave estimator unset"
+            )
+        if ntk_every == "auto":
+            ntk_every = SEGMENTATION_NTK_EVERY if segmentation else 1
+        if not isinstance(ntk_every, int) or ntk_every < 1:
+            raise ValueError(f"ntk_every must be an integer >= 1, got {ntk_every!r}")
+        if ntk_batch == "auto":
+            ntk_batch = SEGMENTATION_NTK_BATCH if segmentation else NTK_BATCH
         if estimator is None:
-            segmentation = self.kind == "segmentation"
-            estimator = SEGMENTATION_ESTIMATOR if segmentation else "exact"
-            size = size if size is not None or not segmentation else SEGMENTATION_SIZE
+            per_step_segmentation = segmentation and not anchored
+            estimator = SEGMENTATION_ESTIMATOR if per_step_segmentation else "exact"
+            size = size if size is not None or not per_step_segmentation else SEGMENTATION_SIZE
+        if anchored and directions is not None:
+            estimator, size = "output", directions
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if teacher_estimator not in TEACHER_ESTIMATORS:
@@ -190,6 +232,9 @@ class NTKDObjective:
         self.params = None if params is None else list(params)
         self.seed = seed
         self.anchors = anchors
+        self.directions = directions if anchored else None
+        self.ntk_every = ntk_every
+        self._calls, self._last_ntkd = 0, float("nan")
         self.anchor_pool: AnchorPool | None = None
         self._student_gen = torch.Generator().manual_seed(seed)
         self._teacher_gen = torch.Generator().manual_seed(seed + 1_000_003)
@@ -211,6 +256,7 @@ class NTKDObjective:
         None (whole batch).  ``step``: the training step about to run (a resumed run continues
         the anchor cycle where the interrupted one stopped).
         """
+        self._calls, self._last_ntkd = step, float("nan")  # lazy NTKD: same cadence on resume
         if self.teacher_estimator != "anchor":
             return
         self.teacher.eval()
@@ -221,10 +267,11 @@ class NTKDObjective:
             count=self.anchors,
             seed=self.seed if seed is None else seed,
             device=device,
+            directions=self.directions,
             output_fn=self.output_fn,
             chunk_size=self.chunk_size,
         )
-        self.anchor_pool.seek(step)
+        self.anchor_pool.seek(-(-step // self.ntk_every))  # anchors drawn before ``step``
 
     def teacher_gram(self, x_teacher: Tensor) -> tuple[Tensor, Tensor | None]:
         """Teacher Gram (no graph) and, when computed on the same inputs, its outputs."""
@@ -240,8 +287,13 @@ class NTKDObjective:
             output_fn=self.output_fn,
         )
 
-    def student_gram(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Differentiable student Gram and its (eval-mode) output when available."""
+    def student_gram(
+        self, model: nn.Module, x: Tensor, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Differentiable student Gram and its (eval-mode) output when available.
+
+        ``rows``: explicit (M, C) output directions (an anchor's matched sketch).
+        """
         return ntk_gram_and_output(
             model,
             x,
@@ -252,6 +304,7 @@ class NTKDObjective:
             params=self.params,
             chunk_size=self.chunk_size,
             output_fn=self.output_fn,
+            cotangents=rows,
         )
 
     def __call__(
@@ -262,14 +315,18 @@ class NTKDObjective:
         if x_t.shape[0] != x.shape[0]:
             raise ValueError(f"x_teacher has {x_t.shape[0]} samples, x has {x.shape[0]}")
         need_t = self.kd_weight > 0
+        lazy_skip = self._calls % self.ntk_every != 0
+        self._calls += 1
+        if lazy_skip:
+            return self._without_ntkd(model, x, x_t, y, need_t)
         if self.teacher_estimator == "anchor":
             if self.anchor_pool is None:
                 raise OnnlabError(
                     "NTKD with teacher_estimator='anchor' needs objective.prepare(train_set, "
                     "device) before the first step (the training loop calls it)"
                 )
-            x_a, g_t = self.anchor_pool.next()
-            g_s, _ = self.student_gram(model, x_a)
+            x_a, g_t, rows = self.anchor_pool.draw()
+            g_s, _ = self.student_gram(model, x_a, rows)
             out_s, out_t, whole = model(x), None, False
         else:
             n = x.shape[0] if self.ntk_batch is None else min(self.ntk_batch, x.shape[0])
@@ -284,9 +341,30 @@ class NTKDObjective:
                 out_t = self.teacher(x_t)
         ntkd = ntkd_loss(g_s, g_t, self.normalisation)
         task = task_loss(self.kind, out_s, y)
-        loss = self.alpha * task + self.beta * ntkd
-        logs: dict[str, Any] = {"task": task.item(), "ntkd": ntkd.item()}
+        loss = self.alpha * task + self.beta * self.ntk_every * ntkd
+        self._last_ntkd = ntkd.item()
+        logs: dict[str, Any] = {"task": task.item(), "ntkd": self._last_ntkd}
         if need_t:
+            kd = kd_divergence(out_s, out_t, self.temperature, self.kind)
+            loss = loss + self.kd_weight * kd
+            logs["kd"] = kd.item()
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    def _without_ntkd(
+        self, model: nn.Module, x: Tensor, x_t: Tensor, y: Tensor, need_t: bool
+    ) -> tuple[Tensor, dict[str, float]]:
+        """A lazy step between NTKD terms: alpha * task (+ kd_weight * KD)."""
+        out_s = model(x)
+        task = task_loss(self.kind, out_s, y)
+        loss = self.alpha * task
+        logs: dict[str, Any] = {"task": task.item()}
+        if self._last_ntkd == self._last_ntkd:  # none yet after a resume between NTKD steps
+            logs["ntkd"] = self._last_ntkd
+        if need_t:
+            self.teacher.eval()
+            with torch.no_grad():
+                out_t = self.teacher(x_t)
             kd = kd_divergence(out_s, out_t, self.temperature, self.kind)
             loss = loss + self.kd_weight * kd
             logs["kd"] = kd.item()
