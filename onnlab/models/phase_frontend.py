@@ -18,7 +18,7 @@ Why K sub-apertures (and not one shared aperture whose PSF holds K shifted kerne
 * the tile offset of a shared-aperture design (image + gap, ~100 um at 3.45 um pixels) needs
   deflection angles that a coarse N x N design grid cannot sample, while a sub-aperture's
   kernel sits on its own axis: the window is a few lambda F wide, which a 64 x 64 grid samples
-  with the focal-plane period lambda f / pitch 5-7x larger than the window.
+  with the focal-plane period lambda f / pitch 4.8-7x larger than the window.
 
 Light bookkeeping: each PSF sums to the fraction of the light incident on its sub-aperture
 that lands inside its kernel window (averaged over the colour channels, weight 1/C each), times
