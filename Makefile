@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job: simulated fabrication -> calibrate -> capture -> NTKD fine-tune
 	$(VENV)/bin/onnlab finetune --sim
 
-test: $(STAMP)  ## the whole test suite (about 10 minutes on 2 CPU cores)
+test: $(STAMP)  ## the whole test suite (its duration on 2 CPU cores is in the README)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
