@@ -5,7 +5,9 @@ so it must (1) pick the same subset every time for the same seed, so a rerun res
 starting a different run; (2) set an exposure that neither saturates nor starves the sensor
 before spending hours on frames; (3) ride out the transient faults every real bench has
 (timeouts, partial frames, a USB camera dropping off) with a bound, so a dead bench fails
-instead of spinning; and (4) never lose a committed frame. It installs no signal handler:
+instead of spinning; (4) never store a frame exposed before its pattern was shown: the camera
+uses its software trigger when it has one (`drivers.sync.exposure_after_show`), else skips
+the frame in flight; and (5) never lose a committed frame. It installs no signal handler:
 Ctrl-C raises KeyboardInterrupt, the store's context manager commits the buffered rows, the
 devices' context managers close them, and the same command resumes.
 """
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from drivers.errors import DeviceDisconnected, DeviceError, DeviceTimeout, FrameIncomplete
+from drivers.sync import exposure_after_show
 from onnlab.capture.store import CaptureStore
 from onnlab.errors import CaptureError
 
@@ -94,6 +97,7 @@ class CaptureSummary:
     saturated_frames: int = 0
     seconds: float = 0.0
     exposure: dict[str, Any] = field(default_factory=dict)
+    camera_sync: str = ""  # how frames were kept after the display: e.g. "software trigger"
     complete: bool = False
 
     @property
@@ -230,10 +234,37 @@ def run_capture(
     """
     retry = retry or RetryPolicy()
     summary = CaptureSummary(path=str(store.path), requested=store.n_requested)
+    with exposure_after_show(camera) as how:
+        summary.camera_sync = how
+        devices = _Devices(slm, camera, retry, summary)
+        _capture_all(
+            store, camera, pattern_for, target_for, row_for, retry, exposure, progress,
+            description, summary, devices,
+        )  # fmt: skip
+    store.commit()
+    summary.complete = store.is_full
+    if summary.complete and store.completion is None:
+        store.finalize(summary.to_dict())
+    return summary
+
+
+def _capture_all(
+    store: CaptureStore,
+    camera: Any,
+    pattern_for: Callable[[int], np.ndarray],
+    target_for: Callable[[int], Any],
+    row_for: Callable[[Any], np.ndarray],
+    retry: RetryPolicy,
+    exposure: ExposurePolicy | None,
+    progress: bool,
+    description: str,
+    summary: CaptureSummary,
+    devices: _Devices,
+) -> None:
+    """The exposure check and the frame loop of `run_capture` (camera already synchronised)."""
     summary.skipped = store.n_committed
     todo = [int(i) for i in store.pending_indices]
     started = time.perf_counter()
-    devices = _Devices(slm, camera, retry, summary)
     if todo and exposure is not None:
         probes = [pattern_for(i) for i in todo[: exposure.n_probe]]
         report = auto_exposure(
@@ -277,11 +308,6 @@ def run_capture(
                 advance()
         finally:
             summary.seconds = time.perf_counter() - started
-    store.commit()
-    summary.complete = store.is_full
-    if summary.complete and store.completion is None:
-        store.finalize(summary.to_dict())
-    return summary
 
 
 class _progress:
