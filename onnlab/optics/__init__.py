@@ -4,12 +4,22 @@ Everything is torch, differentiable, batched, float32 by default (float64 works)
 Imports only torch / numpy / pydantic so every other layer can depend on it.
 """
 
+from onnlab.optics.as_built import AsBuilt
 from onnlab.optics.convolution import (
     FFT_KERNEL_THRESHOLD,
     cut_tiles,
     optical_conv2d,
     sensor_shape,
     tile_onto_sensor,
+)
+from onnlab.optics.fabrication import (
+    EnergyBudget,
+    as_built_heights,
+    as_built_phases,
+    effective_psfs,
+    effective_psfs_stack,
+    energy_budget,
+    zero_order_psfs,
 )
 from onnlab.optics.grid import Grid, check_angular_spectrum, check_fraunhofer, fraunhofer_pitch_m
 from onnlab.optics.layout import KernelLayout, OpticsConfig, kernel_layout
@@ -37,7 +47,12 @@ from onnlab.optics.sensor import (
     perturb_psfs,
 )
 
+# The height-domain fabrication model's tolerances class is
+# `onnlab.optics.fabrication.FabricationErrors`; the name `FabricationErrors` here is still the
+# Eq. 10 PSF-domain draw of `sensor.py` that the simulated bench uses.
 __all__ = [
+    "AsBuilt",
+    "EnergyBudget",
     "FFT_KERNEL_THRESHOLD",
     "FabricationErrors",
     "Grid",
@@ -45,6 +60,8 @@ __all__ = [
     "OpticsConfig",
     "SensorModel",
     "angular_spectrum",
+    "as_built_heights",
+    "as_built_phases",
     "aperture_mask",
     "cauchy_index",
     "check_angular_spectrum",
@@ -52,7 +69,10 @@ __all__ = [
     "cut_tiles",
     "defocus_psfs",
     "dispersed_phase",
+    "effective_psfs",
+    "effective_psfs_stack",
     "energy",
+    "energy_budget",
     "fraunhofer",
     "fraunhofer_pitch_m",
     "fraunhofer_to",
@@ -67,4 +87,5 @@ __all__ = [
     "sensor_shape",
     "tile_onto_sensor",
     "transfer_function",
+    "zero_order_psfs",
 ]
