@@ -94,26 +94,40 @@ def rich_table(rows: list[dict[str, Any]], metric: str, task: str) -> Any:
 
 
 def plot_results(
-    rows: list[dict[str, Any]], histories: list[dict[str, Any]], path: Path, metric: str
+    rows: list[dict[str, Any]],
+    histories: list[dict[str, Any]],
+    path: Path,
+    metric: str,
+    title: str = "",
 ) -> Path:
-    """Bar chart of the four columns (mean ± std) and the fine-tuning loss curves."""
+    """Bar chart of the four columns (mean, ± sample std when n > 1) and the fine-tuning curves.
+
+    The metric axis starts at 0 so bar heights compare honestly; n (fabrication seeds) is stated.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
     agg = aggregate(rows)
+    n = len(rows)
     labels = [label.replace(" ", "\n") for _, label in COLUMNS]
     means = [100 * agg[k]["mean"] for k, _ in COLUMNS]
-    stds = [100 * agg[k]["std"] for k, _ in COLUMNS]
-    ax1.bar(labels, means, yerr=stds, color=["#777", "#c44", "#48c", "#2a2"], capsize=4)
-    low = max(0.0, min(means) - 10)
-    ax1.set_ylim(low, 100)
+    stds = [100 * agg[k]["std"] for k, _ in COLUMNS] if n > 1 else [0.0] * len(COLUMNS)
+    ax1.bar(
+        labels,
+        means,
+        yerr=stds if n > 1 else None,
+        color=["#777", "#c44", "#48c", "#2a2"],
+        capsize=4,
+    )
+    ax1.set_ylim(0, 105)
     ax1.set_ylabel(f"test {metric} (%)")
-    ax1.set_title("captured test set")
+    spread = "mean ± sample std" if n > 1 else "single run, no error bar"
+    ax1.set_title(f"captured test set: n = {n} fabrication seed(s), {spread}", fontsize=9)
     for i, (m, sd) in enumerate(zip(means, stds, strict=True)):
-        ax1.text(i, m + sd + 0.4, f"{m:.1f}", ha="center", fontsize=8)
+        ax1.text(i, m + sd + 1.0, f"{m:.1f}", ha="center", fontsize=8)
     for hist in histories:
         for method, style in (("end_to_end", "-"), ("ntkd", "--")):
             curve = hist.get(method, [])
@@ -124,16 +138,31 @@ def plot_results(
                     style,
                     color="#48c" if method == "end_to_end" else "#2a2",
                     alpha=0.8,
-                    label=method if hist is histories[0] else None,
+                    label=method.replace("_", "-") if hist is histories[0] else None,
                 )
     ax2.set_xlabel("fine-tuning epoch")
-    ax2.set_ylabel("task loss on captured train features")
+    ax2.set_ylabel("task loss on captured train features (nats)")
     ax2.set_yscale("log")
+    ax2.set_title(f"fine-tuning curves ({len(histories)} run(s))", fontsize=9)
     ax2.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _title(payload: dict[str, Any]) -> str:
+    """Task, bench (simulated or lab) and seeds, from the payload the workflows write."""
+    bench = "simulated bench" if payload.get("simulated", True) else "lab bench"
+    seeds = payload.get("seeds") or {}
+    parts = [f"Post-fabrication compensation — {payload['task']}, {bench}"]
+    if "training" in seeds:
+        parts.append(f"training seed {seeds['training']}")
+    if seeds.get("fabrication"):
+        parts.append("fabrication seeds " + ", ".join(str(s) for s in seeds["fabrication"]))
+    return ", ".join(parts)
 
 
 def write_report(
@@ -150,5 +179,5 @@ def write_report(
         "plot": run_dir / "results.png",
     }
     paths["markdown"].write_text(markdown_table(rows, metric, task))
-    plot_results(rows, histories, paths["plot"], metric)
+    plot_results(rows, histories, paths["plot"], metric, title=_title(payload))
     return paths

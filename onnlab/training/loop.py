@@ -281,7 +281,12 @@ def train(
         return history
     write_json(run_dir / "metrics.json", history)
     if history["epochs"] and "val" in history["epochs"][0]:
-        plot_curves(history, run_dir / "curves.png", title=f"{task} ({run_dir.name})")
+        plot_curves(
+            history,
+            run_dir / "curves.png",
+            title=f"{task}: {type(loss).__name__}, seed {config.seed}, "
+            f"n_train {len(train_set)} ({run_dir.name})",
+        )
     if model_meta(model) or meta:
         final_val = history["final"].get("val", {})
         save_checkpoint(

@@ -9,30 +9,37 @@ import numpy as np
 
 
 def plot_curves(history: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """Train/val loss and the validation metric per epoch, as a PNG (matplotlib Agg)."""
+    """Train/val loss and the validation metric (in %) per epoch, as a PNG (matplotlib Agg).
+
+    Fractions (accuracy, mIoU) are plotted in percent, the one unit every report uses.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = history.get("epochs", [])
+    metric = history.get("metric", "accuracy")
     path = Path(path)
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.6))
     if epochs:
         e = [r["epoch"] for r in epochs]
         ax_loss.plot(e, [r["train"]["loss"] for r in epochs], "o-", label="train (objective)")
         ax_loss.plot(e, [r["val"]["loss"] for r in epochs], "s-", label="val (task loss)")
-        metric = history.get("metric", "accuracy")
-        ax_metric.plot(e, [r["val"][metric] for r in epochs], "o-", color="C2")
-        ax_metric.set_ylabel(f"val {metric}")
+        ax_metric.plot(e, [100 * r["val"][metric] for r in epochs], "o-", color="C2")
+        best = history.get("best_epoch")
+        if best is not None:
+            ax_metric.axvline(best, color="0.5", ls=":", lw=1, label=f"kept: epoch {best}")
+            ax_metric.legend(fontsize=8)
+    ax_metric.set_ylabel(f"validation {metric} (%)")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
+    ax_loss.set_ylabel("loss (nats; segmentation: BCE + Dice)")
+    ax_loss.legend(fontsize=8)
     ax_metric.set_xlabel("epoch")
     ax_metric.grid(alpha=0.3)
     ax_loss.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
