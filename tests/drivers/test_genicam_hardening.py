@@ -267,3 +267,21 @@ def test_close_of_a_hung_slm_is_bounded() -> None:
     t0 = time.monotonic()
     slm.close(timeout_s=0.3)
     assert time.monotonic() - t0 < 1.0 and not slm.is_open
+
+
+def test_onnlab_devices_reports_the_achieved_frame_rate(tmp_path) -> None:
+    from onnlab.commands.devices import probe_devices
+
+    path = tmp_path / "bench.yaml"
+    path.write_text(
+        "devices:\n"
+        f"  cam0: {{kind: camera, driver: genicam, cti: '{viky_cti()}', serial: '2',"
+        " frame_rate_hz: 200}\n"
+        f"  cam1: {{kind: camera, driver: genicam, cti: '{viky_cti()}', serial: '1',"
+        " frame_rate_hz: 200, frame_policy: after_call}\n"
+    )
+    rows = {r["id"]: r for r in probe_devices(path)["devices"]}
+    assert all(r["ok"] for r in rows.values()), rows
+    assert rows["cam0"]["frame_rate_hz"] > 0 and rows["cam1"]["frame_rate_hz"] > 0
+    assert rows["cam1"]["info"]["frame_policy"] == "after_call"
+    assert rows["cam0"]["status"]["frames"]["delivered"] >= 2
