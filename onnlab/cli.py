@@ -102,6 +102,17 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (OnnlabError, DeviceError)
 
 
+def _describe(exc: BaseException) -> str:
+    """The message of a user error; device errors keep their type (DeviceTimeout, ...)."""
+    from drivers.errors import ConfigurationError, DeviceError
+
+    if isinstance(exc, ConfigurationError) and exc.device_id == "?":
+        return exc.message  # a bench-config error names file and field itself
+    if isinstance(exc, DeviceError):
+        return f"{type(exc).__name__}: {exc}"
+    return str(exc)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the filter below re-raises programming errors
         if os.environ.get("ONNLAB_DEBUG") or not isinstance(exc, _user_error_types()):
             raise
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"error: {_one_line(_describe(exc))}", file=sys.stderr)
         sys.exit(2)
     if code == 130:  # typer turns a bare KeyboardInterrupt into exit code 130
         print("interrupted (this command keeps nothing to resume)", file=sys.stderr)
