@@ -15,9 +15,12 @@ cadence, times the periods the cached run needed) by the estimate time;
 `speedup_vs_cached_training` uses the cheapest honest training (optical features computed once).
 Both use CPU seconds.
 
-Command line (the full validation): ``python -m onnlab.bench.estimate --task mnist
---data-root /work/shared/data --n-train 2000 --n-test 10000 --kernels 8,64,500,1000`` and
-``--task cifar10 --n-train 1000 --n-val 2000 --n-test 10000 --kernels 8,64,500``.
+Command line (the full validation), two spellings of one tool (same options, same ``run``):
+``onnlab bench estimate --opt task=mnist --opt data_root=/work/shared/data --opt n_train=2000
+--opt n_test=10000 --opt kernels=8,64,500,1000`` or ``python -m onnlab.bench.estimate --task
+mnist --data-root /work/shared/data --n-train 2000 --n-test 10000 --kernels 8,64,500,1000``
+(without options the module runs the full-run sizes of ``OPTIONS``, ``onnlab bench estimate``
+the smaller default run).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import torch
 
@@ -192,49 +196,95 @@ def validate(
     }
 
 
-def run(quick: bool = False, seed: int = 0) -> dict:
-    """Small configuration on the bundled MNIST sample (quick: tiny)."""
+# The options of a validation run, shared by ``onnlab bench estimate --opt KEY=VALUE`` and this
+# module's command line (``python -m onnlab.bench.estimate --KEY VALUE``), so both are one tool:
+# name -> (type, default of a full run, help).
+OPTIONS: dict[str, tuple[type, Any, str]] = {
+    "task": (str, "mnist", "classification task: mnist | cifar10"),
+    "data_root": (str, None, "dataset folder (default: $ONNLAB_DATA, else the bundled sample)"),
+    "n_train": (int, 2000, "training images"),
+    "n_val": (int, 1000, "validation images (ridge and early-stopping choice)"),
+    "n_test": (int, 2000, "test images"),
+    "kernels": (str, "8,64,500", "comma-separated kernel counts K"),
+    "pool": (int, None, "sensor binning (default: the task's)"),
+    "predict_only": (bool, False, "skip the trained references"),
+    "threads": (int, 1, "torch CPU threads"),
+    "ce": (bool, False, "also train with cross-entropy (Adam)"),
+    "sgd": (bool, False, "also train MSE with minibatch SGD"),
+}
+QUICK = {"n_train": 200, "n_val": 100, "n_test": 200, "kernels": "8"}
+DEFAULT_RUN = {"n_train": 1000, "n_val": 500, "n_test": 1000, "kernels": "4,16,64"}
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["task=cifar10", "n_train=1000"]`` -> typed options (ValueError names a bad key/value)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in OPTIONS:
+            raise ValueError(
+                f"estimate option must be KEY=VALUE with KEY in {sorted(OPTIONS)}: {pair!r}"
+            )
+        kind = OPTIONS[key][0]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("true", "1", "yes")
+            else:
+                out[key] = kind(text)
+        except ValueError:
+            raise ValueError(
+                f"estimate option {key}: expected {kind.__name__}, got {text!r}"
+            ) from None
+    return out
+
+
+def run(quick: bool = False, seed: int = 0, **options: Any) -> dict:
+    """Validation on the bundled MNIST sample by default (quick: tiny); ``options`` (see
+    ``OPTIONS``) override any setting, which is how a full validation runs from either entry
+    point."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown estimate option(s) {unknown}; known: {sorted(OPTIONS)}")
+    settings = {k: v[1] for k, v in OPTIONS.items()} | (QUICK if quick else DEFAULT_RUN) | options
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(settings["threads"])
     try:
-        if quick:
-            return validate(n_train=200, n_val=100, n_test=200, kernels=(8,), seed=seed)
-        return validate(n_train=1000, n_val=500, n_test=1000, kernels=(4, 16, 64), seed=seed)
+        return validate(
+            settings["task"],
+            data_root=settings["data_root"],
+            n_train=settings["n_train"],
+            n_val=settings["n_val"],
+            n_test=settings["n_test"],
+            kernels=tuple(int(k) for k in str(settings["kernels"]).split(",")),
+            seed=seed,
+            ce=settings["ce"],
+            sgd=settings["sgd"],
+            pool=settings["pool"],
+            train_nets=not settings["predict_only"],
+        )
     finally:
         torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Full validation from the command line; prints the JSON result last."""
+    """The same run as ``onnlab bench estimate``, with each option as a flag; prints the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", default="mnist", choices=["mnist", "cifar10"])
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--n-train", type=int, default=2000)
-    ap.add_argument("--n-val", type=int, default=1000)
-    ap.add_argument("--n-test", type=int, default=2000)
-    ap.add_argument("--kernels", default="8,64,500")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pool", type=int, default=None, help="sensor binning (task default)")
-    ap.add_argument("--predict-only", action="store_true", help="skip the trained references")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ce", action="store_true", help="also train with cross-entropy (Adam)")
-    ap.add_argument("--sgd", action="store_true", help="also train MSE with minibatch SGD")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = validate(
-        args.task,
-        data_root=args.data_root,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        kernels=tuple(int(k) for k in args.kernels.split(",")),
-        seed=args.seed,
-        ce=args.ce,
-        sgd=args.sgd,
-        pool=args.pool,
-        train_nets=not args.predict_only,
-    )
-    print(json.dumps(result, indent=2))
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    for name, (kind, default, text) in OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            ap.add_argument(flag, action="store_true", help=text)
+        else:
+            ap.add_argument(flag, type=kind, default=None, help=f"{text} (full run: {default})")
+    args = vars(ap.parse_args(argv))
+    seed, quick = args.pop("seed"), args.pop("quick")
+    given = {k: v for k, v in args.items() if v is not None and v is not False}
+    base = {} if quick else {k: OPTIONS[k][1] for k in ("n_train", "n_val", "n_test", "kernels")}
+    print(json.dumps(run(quick=quick, seed=seed, **(base | given)), indent=2))
 
 
 if __name__ == "__main__":
