@@ -136,8 +136,10 @@ def _make(kind: str, impl: str) -> Subject:
 
         return Subject(dev, provoke_tlsimu, dev.close)
     if impl == "smc100":
+        from drivers.sim import protocol_sim
         from drivers.stage_smc100 import SMC100Stage
 
+        protocol_sim.register()  # sim:// serial URLs (the real driver does not register them)
         url = f"sim://smc100?velocity=100&id={uuid.uuid4().hex}"
         dev = SMC100Stage("stage0", url, (0.0, 0.025), home_on_open=True)
         dev.open()
