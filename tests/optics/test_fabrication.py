@@ -175,7 +175,6 @@ def test_height_noise_scatters_out_of_the_focus_as_gaussian_phase_screen():
     ideal = effective_psfs(flat, cfg, MAT, AsBuilt.perfect(cfg, 1, n))[0, 0]
     c = ideal.shape[-1] // 2
     n0 = MAT.index(LAM)
-    cells = D**2 / (math.pi * ell**2)  # independent correlation areas on the aperture
     windows = []
     for sigma in (0.3, 0.6, 0.9, 1.2):
         rms = sigma * LAM / (2 * math.pi * (n0 - 1))
@@ -187,9 +186,8 @@ def test_height_noise_scatters_out_of_the_focus_as_gaussian_phase_screen():
             psf = effective_psfs(flat, cfg, MAT, errs.draw(seed, cfg, 1, n))[0, 0]
             strehl.append(float(psf[c, c] / ideal[c, c]))
             inside.append(float(box_sum(psf, 0)))
-        expect = math.exp(-(sigma**2))
-        tol = 0.01 + 3 * 2 * math.sqrt(expect * (1 - expect) / (2 * cells * 3))
-        assert np.mean(strehl) == pytest.approx(expect, abs=tol), sigma
+        # One draw's Strehl scatters by ~0.0065 (12 seeds at sigma = 0.6): 4 std of a 3-mean.
+        assert np.mean(strehl) == pytest.approx(math.exp(-(sigma**2)), abs=0.015), sigma
         windows.append(np.mean(inside))
     assert all(a > b for a, b in zip(windows, windows[1:], strict=False))
 
@@ -361,6 +359,18 @@ def test_lateral_offset_and_rotation_move_the_psf_rigidly():
     y0, _ = moments(psf0, -2, -9, 9)
     y1, _ = moments(psf1, -2, -9, 9)
     assert y1 - y0 == pytest.approx(math.sin(theta) * 0.6e-3, rel=0.01)
+    # without the turn about its own focus the displacement is the same, the shape nearly so
+    psf2 = effective_psfs(
+        flat,
+        cfg3,
+        MAT,
+        dataclasses.replace(p3, rotation_rad=theta),
+        amplitude=amp,
+        exact_rotation=False,
+    )[2, 0]
+    y2, _ = moments(psf2, -2, -9, 9)
+    assert y2 - y0 == pytest.approx(math.sin(theta) * 0.6e-3, rel=0.01)
+    assert float((psf2 - psf1).norm() / psf1.norm()) < 0.01
 
 
 # ------------------------------------------------------------------------- draws, bookkeeping
