@@ -107,8 +107,8 @@ class Device(Protocol):
     def open(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         """Connect (idempotent). Raises DeviceNotFound / DeviceTimeout."""
 
-    def close(self) -> None:
-        """Release the hardware; idempotent, never raises for an already closed device."""
+    def close(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        """Release the hardware; idempotent, bounded by `timeout_s`, never raises."""
 
     def reconnect(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         """Close (best effort) and open again; the way out of `DeviceDisconnected`."""
@@ -180,14 +180,18 @@ class Camera(Device, Protocol):
     def capture(
         self, timeout_s: float = DEFAULT_TIMEOUT_S, *, allow_incomplete: bool = False
     ) -> Frame:
-        """Return the next frame whose exposure starts after this call.
+        """Return the next frame whose exposure starts after this call -- or, for a free-running
+        camera configured for full rate (``frame_policy='full_rate'``), the next frame
+        delivered, in order, whose `Frame.pattern_id` is then None (its exposure may predate
+        the call). `drivers.sync.exposure_after_show` gives the first behaviour on any camera.
 
         Raises DeviceTimeout when none arrives in time, FrameIncomplete for a partial frame
         (unless `allow_incomplete`, then the frame carries `FLAG_INCOMPLETE`).
         """
 
     def stats(self) -> dict[str, int]:
-        """Frame-loss accounting: frames delivered, dropped, incomplete, timeouts."""
+        """Frame-loss accounting: frames delivered, dropped (counted from real frame ids only),
+        incomplete, timeouts; implementations may add more (timestamp_wraps, discarded...)."""
 
 
 @runtime_checkable

@@ -267,9 +267,12 @@ def test_home_on_open_has_its_own_timeout() -> None:
         short.open(timeout_s=5.0)
 
 
-def test_real_driver_imports_no_simulator() -> None:
+@pytest.mark.parametrize(
+    "module", ["drivers.stage_smc100", "drivers.camera_genicam", "drivers.slm_slmsuite"]
+)
+def test_real_driver_imports_no_simulator(module: str) -> None:
     code = (
-        "import sys, drivers.stage_smc100; "
+        f"import sys, {module}; "
         "bad = [m for m in sys.modules if m.startswith('drivers.sim') or m == 'torch']; "
         "assert not bad, bad"
     )
