@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         from drivers.registry import default_config_path
         from onnlab.capture.cli_support import capture_command
         from onnlab.commands.calibrate import simulation_line
-        from onnlab.commands.options import bench_config
+        from onnlab.commands.options import bench_config, check_data
         from onnlab.errors import UsageError
         from onnlab.runtime import run_folder
 
@@ -110,6 +110,7 @@ def register(app: typer.Typer) -> None:
         if out is not None and store is not None:
             raise UsageError("pass --out DIR or --store FILE, not both")
         bench, _ = bench_config(config)
+        check_data(task.value, data_root)
         line = simulation_line(bench, config or default_config_path(), False)
         if line:
             print(line, file=sys.stderr if json_out else sys.stdout)

@@ -130,6 +130,16 @@ def register(app: typer.Typer) -> None:
         if sim and (train_capture or test_capture or calibration):
             raise UsageError("--sim captures its own data: drop --train-capture, --test-capture, "
                              "--calibration")  # fmt: skip
+        if sim:  # check the inputs now, not after minutes of training
+            from onnlab.commands.options import check_data
+            from onnlab.finetune.config import load_experiment
+            from onnlab.finetune.models import _load
+
+            cfg = load_experiment(name, experiment, tiny=tiny)
+            for path, role in ((teacher, "teacher"), (student, "student")):
+                if path is not None:
+                    _load(path, cfg.task, role)
+            check_data(cfg.task, data_root)
         if threads is None:
             threads = 1 if name == "mnist" else 0
         if threads > 0:

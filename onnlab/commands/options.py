@@ -156,8 +156,21 @@ def bench_config(path: Path | None) -> tuple[Any, bool]:
     source = path if path is not None else default_config_path()
     if not Path(source).is_file():
         raise ConfigError(f"--config: bench config not found: {source}")
-    config = load_bench_config(source)
+    try:
+        config = load_bench_config(source)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config: {source} is not a text (YAML) file") from exc
     return config, any(d.driver == "sim" for d in config.devices.values())
+
+
+def check_data(task: str, data_root: Path | None) -> None:
+    """Load one test image now, so a wrong --data-root fails before any run folder or work.
+
+    Sources are memoised per process, so the run itself does not read them twice.
+    """
+    from onnlab.data import load_dataset
+
+    load_dataset(task, "test", data_root, limit=1)
 
 
 def console(stderr: bool = False) -> Any:

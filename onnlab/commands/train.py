@@ -15,6 +15,7 @@ from onnlab.commands.options import (
     Method,
     Split,
     Task,
+    check_data,
     choices,
     data_root_option,
     device_option,
@@ -172,6 +173,7 @@ def teacher_train(
         device=device,
         progress=progress,
     )
+    check_data(name, data_root)
     do_register = (limit is None) if register is None else register
     target = registered_teacher_path(name, data_root)
     with run_folder(f"teacher-{name}", out) as run_dir:
@@ -292,6 +294,7 @@ def train_command(
         name, "student", epochs=epochs, batch_size=batch_size, lr=lr, device=device,
         progress=progress,
     )  # fmt: skip
+    check_data(name, data_root)
     teacher_model = None
     if how != "none":  # fail before creating a run directory
         teacher_model, _ = load_teacher(name, teacher, data_root)

@@ -173,6 +173,8 @@ def load_experiment(
         raise ConfigError(f"experiment config not found: {path} (pass --experiment PATH)")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text (YAML) file") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "?"

@@ -177,8 +177,46 @@ def test_experiment_config_errors_name_field_value_and_expectation(tmp_path, cap
     assert "type=" not in line and "For further information" not in line
 
 
+@pytest.mark.parametrize("kind", ["random.pt", "text.pt"])
+def test_random_bytes_as_a_yaml_config_is_one_line(files, kind, tmp_path, capsys) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(files[kind].read_bytes())
+    assert_one_line(["devices", "--config", str(config)], capsys, str(config))
+    assert_one_line(["finetune", "--sim", "--experiment", str(config)], capsys, str(config))
+
+
 def test_missing_bench_config_is_one_line(tmp_path, capsys) -> None:
     assert_one_line(["capture", "--config", str(tmp_path / "nope.yaml")], capsys, "nope.yaml")
+
+
+# ------------------------------------------------------------------ data and checkpoints
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--task", "mnist"],
+        ["teacher", "train", "--task", "segmentation"],
+        ["capture", "--task", "mnist"],
+        ["finetune", "--sim", "--task", "mnist"],
+    ],
+)
+def test_missing_data_root_fails_before_any_work(command, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = [*command, "--data-root", str(tmp_path / "nope"), "--out", str(out)]
+    assert_one_line(argv, capsys, "nope")
+    assert not out.exists()
+
+
+def test_cifar10_without_data_says_where_to_put_it(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("ONNLAB_DATA", raising=False)
+    assert_one_line(["train", "--task", "cifar10"], capsys, "--data-root", "CIFAR-10")
+
+
+@pytest.mark.parametrize("flag", ["--student", "--teacher"])
+def test_finetune_checks_its_checkpoints_before_training(files, flag, capsys) -> None:
+    argv = ["finetune", "--sim", "--tiny", "--no-progress", flag, str(files["text.pt"])]
+    assert_one_line(argv, capsys, "not an onnlab checkpoint")
 
 
 # ------------------------------------------------------------------ provenance
