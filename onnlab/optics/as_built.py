@@ -35,6 +35,24 @@ class AsBuilt:
     zero_order_fraction: float
     window_px: int
 
+    def __post_init__(self) -> None:
+        scale, noise = self.height_scale, self.height_noise_m
+        if scale.ndim != 1 or not bool((scale > 0).all()):
+            raise ValueError("height_scale must be a (K,) tensor of positive factors")
+        if noise.ndim != 3 or noise.shape[0] != scale.shape[0] or noise.shape[1] != noise.shape[2]:
+            raise ValueError(f"height_noise_m must be (K, N, N) with K={scale.shape[0]}")
+        if self.levels is not None and int(self.levels) < 2:
+            raise ValueError(f"levels must be None or >= 2, got {self.levels!r}")
+        if not 0 <= self.zero_order_fraction < 1:
+            raise ValueError(
+                f"zero_order_fraction must be in [0, 1), got {self.zero_order_fraction}"
+            )
+        if int(self.window_px) < 1:
+            raise ValueError(f"window_px must be >= 1, got {self.window_px}")
+        for lams, weights in self.spectra:
+            if len(lams) != len(weights) or min(lams) <= 0 or abs(sum(weights) - 1) > 1e-9:
+                raise ValueError("spectra must hold (wavelengths > 0, weights summing to 1)")
+
     @property
     def n_kernels(self) -> int:
         return int(self.height_scale.shape[0])

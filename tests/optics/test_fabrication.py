@@ -428,5 +428,9 @@ def test_bad_inputs_name_the_parameter():
         effective_psfs(torch.zeros(1, 32, 32), cfg, MAT, ab, z_offset_m=2e-3)
     with pytest.raises(ValueError, match="levels"):
         FabricationErrors(levels=1)
+    with pytest.raises(ValueError, match="zero_order_fraction"):
+        dataclasses.replace(ab, zero_order_fraction=1.0)
+    with pytest.raises(ValueError, match="height_scale"):
+        dataclasses.replace(ab, height_scale=torch.tensor([-1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="source_fwhm_m"):
         FabricationErrors(source_fwhm_m=-1e-9)
