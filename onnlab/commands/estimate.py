@@ -15,7 +15,14 @@ from pathlib import Path
 
 import typer
 
-from onnlab.commands.options import Task, data_root_option, json_option, seed0_option, task_option
+from onnlab.commands.options import (
+    Task,
+    check_data,
+    data_root_option,
+    json_option,
+    seed0_option,
+    task_option,
+)
 
 # Images per split when not given: every pixel is a sample in segmentation, so fewer images.
 SPLIT_SIZES = {"classification": (1000, 500, 1000), "segmentation": (100, 20, 50)}
@@ -209,6 +216,7 @@ def register(app: typer.Typer) -> None:
                 sensor_pitch_m=sensor_pitch_um * 1e-6,
             )
 
+        check_data(task, data_root)
         try:  # the design rules check the options (wavelength per channel, pool, sizes)
             design = make(aperture_mm)
         except ValueError as exc:
