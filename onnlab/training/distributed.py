@@ -11,12 +11,13 @@ Choices (the README says what they change in results):
   the SAME global batch a single process would take (the epoch's seeded permutation is computed
   identically on every rank; :func:`shard` takes every W-th sample of each global batch, exactly
   the index stream of ``torch.utils.data.DistributedSampler(seed=S, drop_last=True)``).  So the
-  number of steps, the learning-rate curve and, for models without BatchNorm and without
-  augmentation, the update itself do not depend on W: averaging W per-rank mean gradients over
-  equal shards is the mean gradient of the global batch.
+  number of steps, the learning-rate curve and, for models without BatchNorm, the update
+  itself do not depend on W: averaging W per-rank mean gradients over equal shards is the
+  mean gradient of the global batch.  Augmentation draws are those of a single process too
+  (each rank augments the global batch with the epoch's generator and keeps its rows).
 - **What does change**: BatchNorm statistics are per rank (``batch_size / W`` samples; DDP
-  broadcasts rank 0's running statistics at every forward), augmentation draws come from a
-  per-rank seeded stream, and float reductions happen in a different order.
+  broadcasts rank 0's running statistics at every forward), and float reductions happen in a
+  different order (weights agree to ~1e-6 after an epoch, not bitwise).
 - **Rank 0 writes** (run folder, logs, checkpoints, metrics).  It also evaluates the validation
   set alone and broadcasts the numbers: they are then exactly those of the model it saves (its
   weights and buffers), computed by the same code as a single process for every metric

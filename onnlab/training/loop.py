@@ -122,7 +122,7 @@ def _progress(enabled: bool):
         TimeRemainingColumn(),
         disable=not enabled,
         transient=True,
-        console=Console(stderr=True),
+        console=Console(stderr=True, soft_wrap=True),  # piped logs: no 80-column wrapping
     )
 
 
@@ -214,7 +214,6 @@ def train(
             model.train()
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
             order = torch.randperm(n, generator=gen)  # the same global order on every rank
-            aug_gen = gen if not world.distributed else _rank_generator(config, epoch, world)
             sums: dict[str, float] = defaultdict(float)
             job = bar.add_task(
                 f"{name} epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, info=""
@@ -224,8 +223,8 @@ def train(
                 lr = learning_rate(config, step, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
-                idx = distributed.shard(order[i * bs : (i + 1) * bs], world)
-                batch = _make_batch(train_set, idx, config, aug_gen, device)
+                idx = order[i * bs : (i + 1) * bs]
+                batch = _make_rank_batch(train_set, idx, config, gen, device, world)
                 value, logs = loss(net, batch)
                 if not _finite(value, world):
                     raise OnnlabError(
@@ -296,9 +295,27 @@ def train(
     return history
 
 
-def _rank_generator(config: TrainConfig, epoch: int, world: distributed.World) -> torch.Generator:
-    """Augmentation draws of one rank in one epoch (DDP: each rank augments only its shard)."""
-    return torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) * 4099 + world.rank)
+def _make_rank_batch(
+    dataset: ArrayDataset,
+    global_idx: torch.Tensor,
+    config: TrainConfig,
+    gen: torch.Generator,
+    device,
+    world: distributed.World,
+) -> dict[str, torch.Tensor]:
+    """This rank's share of the global batch ``global_idx`` (the whole batch in one process).
+
+    With augmentation, every rank augments the whole global batch with the epoch's generator
+    and keeps its own rows: the draws are then exactly those of a single process (cheap next
+    to a training step for onnlab's in-memory images), so DDP reproduces the single-process
+    run for models without BatchNorm.  Without augmentation a rank builds only its rows.
+    """
+    if not world.distributed:
+        return _make_batch(dataset, global_idx, config, gen, device)
+    if config.augment == "none" or dataset.teacher_images is not None:
+        return _make_batch(dataset, distributed.shard(global_idx, world), config, gen, device)
+    whole = _make_batch(dataset, global_idx, config, gen, device)
+    return {key: value[world.rank :: world.size] for key, value in whole.items()}
 
 
 def _finite(value: torch.Tensor, world: distributed.World) -> bool:
