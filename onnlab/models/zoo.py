@@ -124,9 +124,9 @@ def _material(value: Any) -> Material:
 
 def _system(task: str, kw: dict[str, Any], n_kernels: int, kernel_px: int) -> PhaseSystem:
     spec = task_spec(task)
-    optics_kw = dict(kw.get("optics") or {})
     if not isinstance(kw.get("optics") or {}, dict):
         raise ValueError(f"optics must be a mapping of OpticsConfig fields, got {kw['optics']!r}")
+    optics_kw = dict(kw.get("optics") or {})
     if optics_kw.get("kernel_px", kernel_px) != kernel_px:
         raise ValueError(
             f"optics.kernel_px={optics_kw['kernel_px']} differs from the student's PSF stack "
