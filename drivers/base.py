@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -132,7 +133,10 @@ class DeviceBase:
             self._open = False
             left = max(1e-3, timeout_s - (time.monotonic() - t0))
             try:
-                run_with_deadline(self._close_hw, left, f"{self.device_id}-close")
+                if sys.is_finalizing():  # interpreter exit (__del__): no new threads now
+                    self._close_hw()
+                else:
+                    run_with_deadline(self._close_hw, left, f"{self.device_id}-close")
             except DeviceTimeout:
                 self._disconnected = True
             except Exception:  # noqa: BLE001 - see docstring
