@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from onnlab.models.backends import ClassifierBackend, SegmentationBackend
@@ -133,7 +134,12 @@ def _system(task: str, kw: dict[str, Any], n_kernels: int, kernel_px: int) -> Ph
             f"({kernel_px} px)"
         )
     optics_kw["kernel_px"] = kernel_px
-    optics = default_optics(task, n_kernels=n_kernels, **optics_kw)
+    try:
+        optics = default_optics(task, n_kernels=n_kernels, **optics_kw)
+    except ValidationError as exc:  # one line naming the field, as for every bad option
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "optics"
+        raise ValueError(f"optics.{field}: {first['msg']}") from exc
     if optics.in_channels != spec.in_channels:
         raise ValueError(
             f"optics.wavelengths_m has {optics.in_channels} wavelength(s) but task {task} "

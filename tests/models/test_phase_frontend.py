@@ -251,6 +251,8 @@ def test_bad_physics_is_refused_naming_the_parameter():
         build_student("cifar10", frontend="phase", optics={"wavelengths_m": [532e-9]})
     with pytest.raises(ValueError, match="aperture_hw_m"):
         PhaseMaskFrontend(9, default_optics("mnist"))
+    with pytest.raises(ValueError, match="optics.focal_lenght_m"):
+        build_student("mnist", frontend="phase", optics={"focal_lenght_m": 1e-3})
     with pytest.raises(ValueError, match="refractive index"):
         build_student(
             "mnist",
