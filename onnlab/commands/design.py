@@ -95,11 +95,19 @@ def _prepare(
             design_wavelength_m=design_wavelength_m,
             n_phase=n_phase,
         )
+    except ValueError as exc:
+        flag = "--design-wavelength-m" if "design_wavelength_m" in str(exc) else "--material"
+        flag = "--n-phase" if "n_phase" in str(exc) else flag
+        raise ConfigError(f"{flag}: " + " ".join(str(exc).split())) from exc
+    try:
         lam0 = system.optics.reference_wavelength_m
         check_index(system.material.index(lam0), f"--material {system.material.name} index")
+    except ValueError as exc:
+        raise ConfigError(f"--material: {exc}") from exc
+    try:
         check_sampling(system.optics, system.phase_samples)
     except ValueError as exc:
-        raise ConfigError(" ".join(str(exc).split())) from exc
+        raise ConfigError(f"--n-phase: {exc}") from exc
     return source, system
 
 

@@ -102,6 +102,11 @@ def with_overrides(
             raise ValueError(f"n_phase={n_phase} differs from the phase student's N={n}; omit it")
         return system
     if design_wavelength_m is not None:
+        lam0 = float(design_wavelength_m)
+        if not (math.isfinite(lam0) and 0 < lam0 < 1e-3):
+            raise ValueError(
+                f"design_wavelength_m must be a positive wavelength in metres, got {lam0!r}"
+            )
         optics = OpticsConfig(**{**optics.model_dump(), "design_wavelength_m": design_wavelength_m})
     for lam in (*optics.wavelengths_m, optics.reference_wavelength_m):
         new_mat.index(lam)  # ValueError naming the material when n <= 1
