@@ -223,6 +223,12 @@ def test_defocus_widens_gaussian_focus_as_gaussian_beam_optics():
             assert math.sqrt(var) == pytest.approx(w / 2, rel=0.01), (dz, axis)
         widths.append(w)
     assert widths[5] > widths[4] > widths[2] and widths[0] > widths[2]
+    # an as-built sensor-distance error is undone by moving the stage back by the same amount
+    ab = dataclasses.replace(AsBuilt.perfect(cfg, 1, n), delta_z_m=75e-6)
+    refocused = effective_psfs(
+        flat, cfg, MAT, ab, z_offset_m=-75e-6, amplitude=gaussian_pupil(n), oversample=5
+    )
+    torch.testing.assert_close(refocused[0, 0], stack[2, 0, 0], rtol=1e-12, atol=1e-18)
 
 
 def test_large_defocus_gives_the_geometric_blur_square():
