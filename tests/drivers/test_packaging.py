@@ -63,3 +63,17 @@ def test_module_level_third_party_imports_are_declared() -> None:
                 if not owners & declared:
                     missing.setdefault(name, []).append(str(path.relative_to(REPO)))
     assert not missing, f"imported at module level but not declared in pyproject: {missing}"
+
+
+def test_loading_a_bench_config_imports_no_torch() -> None:
+    """Validating a real bench's YAML (or probing its serial stage) needs no optics model."""
+    import subprocess
+
+    code = (
+        "import sys; from drivers.registry import load_bench_config; "
+        f"load_bench_config({str(REPO / 'configs' / 'bench' / 'lab-example.yaml')!r}); "
+        "from drivers.sim import protocol_sim; protocol_sim.register(); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
