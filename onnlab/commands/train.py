@@ -97,6 +97,24 @@ def check_loss(method: str, task: str, teacher: Any, opts: dict[str, Any]) -> No
         raise UsageError(f"{method} loss options {opts}: {exc}") from exc
 
 
+def training_config(task: str, role: str, **options: Any) -> Any:
+    """The task's tuned TrainConfig with the command-line overrides; a bad value names its flag."""
+    from pydantic import ValidationError
+
+    from onnlab.config_errors import describe_error
+    from onnlab.errors import UsageError
+    from onnlab.training.config import TrainConfig, default_config
+
+    try:
+        return default_config(task, role, **options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "option"
+        raise UsageError(
+            f"{flag}: {describe_error(error, TrainConfig).split(': ', 1)[-1]}"
+        ) from exc
+
+
 def _interrupted(run_dir: Path, what: str, rerun: str) -> Any:
     from onnlab.errors import Interrupted
     from onnlab.runtime import holds_results
@@ -156,13 +174,12 @@ def teacher_train(
 ) -> None:
     """Train the task's teacher (LeNet, CifarNet, U-Net) and test it."""
     from onnlab.runtime import run_folder
-    from onnlab.training.config import default_config
     from onnlab.training.runner import registered_teacher_path, train_teacher
 
     name = task.value
     architecture = parse_opts(arch, "--arch")
     check_architecture(name, "teacher", architecture)
-    config = default_config(
+    config = training_config(
         name,
         "teacher",
         epochs=epochs,
@@ -275,7 +292,6 @@ def train_command(
 ) -> None:
     """Train hybrid-ONN students with a transfer method over several seeds; test mean ± std."""
     from onnlab.runtime import run_folder
-    from onnlab.training.config import default_config
     from onnlab.training.runner import load_teacher, train_students
 
     name, how = task.value, method.value
@@ -290,7 +306,7 @@ def train_command(
         **({"pseudo_negative": True} if pseudo_negative else {}),
     }
     check_architecture(name, "student", architecture)
-    config = default_config(
+    config = training_config(
         name, "student", epochs=epochs, batch_size=batch_size, lr=lr, device=device,
         progress=progress,
     )  # fmt: skip

@@ -129,6 +129,8 @@ def test_unknown_loss_option_is_one_line(teacher_ckpt, capsys) -> None:
         (["finetune", "--sim", "--epochs", "0"], "--epochs"),
         (["train", "--task", "mnist", "--epochs", "0"], "--epochs"),
         (["train", "--task", "mnist", "--seeds", "0"], "--seeds"),
+        (["train", "--task", "mnist", "--lr", "0"], "--lr"),
+        (["teacher", "train", "--task", "mnist", "--lr", "0"], "--lr"),
         (["capture", "--fraction", "0"], "--fraction"),
         (["calibrate", "--sim", "--steps", "dark,teleport"], "--steps"),
         (["bench", "no-such-benchmark"], "no-such-benchmark"),
