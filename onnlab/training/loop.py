@@ -204,7 +204,7 @@ def train(
     name = label or task
     net = distributed.wrap(model, device, world)  # DDP averages gradients across ranks
     with _progress(config.progress and world.is_main) as bar:
-        if resume:
+        if resume and world.is_main:
             bar.console.print(
                 f"{name}: resuming after epoch {start_epoch}/{config.epochs} "
                 f"from {run_dir / STATE_FILE}"
