@@ -122,3 +122,23 @@ def test_the_same_file_runs_through_the_submitit_launcher(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["seeds"] for r in summary["rows"]] == [[0], [0]]
     assert (out / "jobs" / ".submitit").is_dir()  # the jobs really went through submitit
+
+
+def test_the_slurm_launcher_composes_with_the_same_sweep_config(tmp_path):
+    """No cluster here: check that hydra/launcher=submitit_slurm and its options resolve
+    against the generated sweep config (what `onnlab sweep FILE hydra/launcher=...` runs)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from onnlab.sweep import prepare
+    from onnlab.sweep.engine import HYDRA_CONFIG
+
+    spec = SweepSpec.model_validate(TINY)
+    prepare(spec, tmp_path, "test")
+    overrides = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"]
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        cfg = compose(HYDRA_CONFIG, overrides=overrides, return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu"
+    assert cfg.hydra.sweeper.params == {"point": "0,1", "seed": "0,1"}
+    assert cfg.spec.train.epochs == 1 and len(cfg.points) == 2
