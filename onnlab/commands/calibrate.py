@@ -119,8 +119,6 @@ def calibrate_command(
     if out is not None and (out / FINAL).is_file():
         raise UsageError(f"--out {out} already holds a finished calibration; choose a new --out")
     line = simulation_line(config, source, sim)  # the first line, once the input is valid
-    if line:
-        say(line)
     if slm is None:
         slms = [i for i, d in config.devices.items() if d.kind == "slm"]
         slm = slms[0] if slms else "slm0"
@@ -128,9 +126,10 @@ def calibrate_command(
     notes["simulated_devices"] = simulated_devices(config)
     with run_folder("calibrate", out) as run_dir:
         partial = run_dir / PARTIAL
+        resuming = None
         if partial.is_file():
             done = list(CalibrationArtifact.load(partial).meta.steps)
-            say(f"resuming {run_dir}: steps {', '.join(done)} were finished earlier")
+            resuming = f"resuming {run_dir}: steps {', '.join(done)} were finished earlier"
         try:
             with open_devices(config, design_psfs=design_psfs) as devices:
                 setup = setup_from_devices(
@@ -142,6 +141,9 @@ def calibrate_command(
                     cols=cols,
                     gap_px=gap_px,
                 )
+                for text in (line, resuming):
+                    if text:
+                        say(text)
                 columns = (TextColumn("{task.description:<34}"), BarColumn(), TimeElapsedColumn())
                 with Progress(*columns, disable=not progress, transient=True) as bar:
                     tasks = {s: bar.add_task(s, total=1.0, visible=False) for s in steps}

@@ -111,6 +111,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError("pass --out DIR or --store FILE, not both")
         bench, _ = bench_config(config)
         check_data(task.value, data_root)
+        for flag, dev_id in (("--slm", slm_id), ("--camera", camera_id)):
+            if dev_id is not None and dev_id not in bench.devices:
+                have = ", ".join(bench.devices)
+                raise UsageError(f"{flag} {dev_id!r}: no such device in the bench config ({have})")
         line = simulation_line(bench, config or default_config_path(), False)
         if line:
             print(line, file=sys.stderr if json_out else sys.stdout)

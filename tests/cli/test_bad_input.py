@@ -134,6 +134,9 @@ def test_unknown_loss_option_is_one_line(teacher_ckpt, capsys) -> None:
         (["capture", "--fraction", "0"], "--fraction"),
         (["calibrate", "--sim", "--steps", "dark,teleport"], "--steps"),
         (["bench", "no-such-benchmark"], "no-such-benchmark"),
+        (["capture", "--slm", "nope"], "--slm 'nope'"),
+        (["calibrate", "--sim", "--slm", "cam0"], "--slm 'cam0'"),
+        (["calibrate", "--sim", "--rows", "50"], "50x4 tiles"),
         (["evaluate", "missing.pt"], "missing.pt"),
     ],
 )
