@@ -111,16 +111,17 @@ def test_grid_and_random_points():
     assert math.isclose(statistics.median(math.log10(v) for v in lrs), -3, abs_tol=0.2)
 
 
+@pytest.mark.slow
 def test_the_same_file_runs_through_the_submitit_launcher(tmp_path):
     """The cluster path, run locally: hydra/launcher=submitit_local starts each job as its own
     process (as submitit_slurm would on a node); the table comes out the same way."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     out = tmp_path / "sweep"
-    spec = _write(tmp_path, {**TINY, "seeds": 1})
+    spec = _write(tmp_path, {**TINY, "seeds": 1, "grid": {"train.lr": [3e-3]}})  # one job
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
     assert _run(["sweep", str(spec), "--out", str(out), "--device", "cpu", *launcher]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["seeds"] for r in summary["rows"]] == [[0], [0]]
+    assert [r["seeds"] for r in summary["rows"]] == [[0]] and summary["failed"] == []
     assert (out / "jobs" / ".submitit").is_dir()  # the jobs really went through submitit
 
 
@@ -142,3 +143,15 @@ def test_the_slurm_launcher_composes_with_the_same_sweep_config(tmp_path):
     assert cfg.hydra.launcher.partition == "gpu"
     assert cfg.hydra.sweeper.params == {"point": "0,1", "seed": "0,1"}
     assert cfg.spec.train.epochs == 1 and len(cfg.points) == 2
+
+
+def test_a_failing_job_is_recorded_and_fails_the_command(tmp_path, capsys):
+    """One bad configuration does not cancel the others, and it is not hidden."""
+    spec = {**TINY, "seeds": 1, "grid": {"arch.n_kernels": [-3]}}
+    out = tmp_path / "sweep"
+    assert _run(["sweep", str(_write(tmp_path, spec)), "--out", str(out)]) == 1
+    assert "n_kernels must be >= 1" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(f["point"], f["seed"]) for f in summary["failed"]] == [(0, 0)]
+    assert summary["rows"][0]["missing_seeds"] == [0]
+    assert "Traceback" in (out / "jobs" / "point-0-seed-0" / "error.txt").read_text()
