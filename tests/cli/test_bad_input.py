@@ -18,18 +18,8 @@ import torch
 from onnlab.cli import main
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
-    """Exit code and the non-empty lines printed on stdout + stderr."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    captured = capsys.readouterr()
-    lines = [ln for ln in (captured.out + captured.err).splitlines() if ln.strip()]
-    code = exc.value.code
-    return (0 if code is None else int(code)), lines
-
-
-def assert_one_line(argv: list[str], capsys, *expected: str) -> str:
-    code, lines = run_cli(argv, capsys)
+def assert_one_line(argv: list[str], cli, *expected: str) -> str:
+    code, lines = cli(argv)
     assert code == 2, (code, lines)
     assert len(lines) == 1, lines
     assert "Traceback" not in lines[0]
@@ -65,61 +55,59 @@ def teacher_ckpt(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["text.pt", "random.pt"])
-def test_foreign_checkpoint_is_one_line(files, kind, capsys) -> None:
-    line = assert_one_line(["evaluate", str(files[kind])], capsys, "not an onnlab checkpoint")
+def test_foreign_checkpoint_is_one_line(files, kind, cli) -> None:
+    line = assert_one_line(["evaluate", str(files[kind])], cli, "not an onnlab checkpoint")
     assert "weights_only" not in line and len(line) < 200  # never torch's long advice
 
 
 @pytest.mark.parametrize("kind", ["text.pt", "random.pt"])
-def test_foreign_teacher_checkpoint_is_one_line(files, kind, capsys) -> None:
+def test_foreign_teacher_checkpoint_is_one_line(files, kind, cli) -> None:
     argv = ["train", "--task", "mnist", "--method", "kd", "--teacher", str(files[kind])]
-    assert_one_line(argv, capsys, "not an onnlab checkpoint")
+    assert_one_line(argv, cli, "not an onnlab checkpoint")
 
 
 @pytest.mark.parametrize("kind", ["text.npy", "random.npy", "text.pt", "random.pt"])
-def test_calibrate_design_not_psfs_is_one_line(files, kind, capsys) -> None:
+def test_calibrate_design_not_psfs_is_one_line(files, kind, cli) -> None:
     argv = ["calibrate", "--sim", "--no-progress", "--design", str(files[kind])]
-    assert_one_line(argv, capsys, "--design", str(files[kind]))
+    assert_one_line(argv, cli, "--design", str(files[kind]))
 
 
 @pytest.mark.parametrize("kind", ["text.npy", "text.pt", "random.pt"])
-def test_devices_with_psfs_path_to_a_foreign_file_is_one_line(
-    files, kind, tmp_path, capsys
-) -> None:
+def test_devices_with_psfs_path_to_a_foreign_file_is_one_line(files, kind, tmp_path, cli) -> None:
     config = tmp_path / "bench.yaml"
     config.write_text(
         "devices: {slm0: {kind: slm}, cam0: {kind: camera}}\n"
         f"sim: {{design: {{psfs_path: {files[kind]}}}}}\n"
     )
-    assert_one_line(["devices", "--config", str(config)], capsys, "sim.design.psfs_path")
+    assert_one_line(["devices", "--config", str(config)], cli, "sim.design.psfs_path")
 
 
 # ------------------------------------------------------------------ options
 
 
 @pytest.mark.parametrize("command", [["train"], ["teacher", "train"], ["finetune", "--sim"]])
-def test_task_typo_lists_the_valid_tasks(command, capsys) -> None:
-    assert_one_line([*command, "--task", "mnsit"], capsys, "'mnsit'", "mnist", "segmentation")
+def test_task_typo_lists_the_valid_tasks(command, cli) -> None:
+    assert_one_line([*command, "--task", "mnsit"], cli, "'mnsit'", "mnist", "segmentation")
 
 
 @pytest.mark.parametrize("command", [["train"], ["teacher", "train"]])
 @pytest.mark.parametrize("device", ["gpu", "cuda"])
-def test_unusable_compute_device_is_one_line(command, device, capsys) -> None:
+def test_unusable_compute_device_is_one_line(command, device, cli) -> None:
     if device == "cuda" and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.device_count()}"  # one past the last visible GPU
-    assert_one_line([*command, "--task", "mnist", "--device", device], capsys, "--device")
+    assert_one_line([*command, "--task", "mnist", "--device", device], cli, "--device")
 
 
-def test_unknown_loss_option_is_one_line(teacher_ckpt, capsys) -> None:
+def test_unknown_loss_option_is_one_line(teacher_ckpt, cli) -> None:
     base = ["train", "--task", "mnist", "--teacher", str(teacher_ckpt)]
-    assert_one_line([*base, "--loss-opt", "foo=bar"], capsys, "foo")  # method none
-    line = assert_one_line([*base, "--method", "kd", "--loss-opt", "foo=bar"], capsys, "foo")
+    assert_one_line([*base, "--loss-opt", "foo=bar"], cli, "foo")  # method none
+    line = assert_one_line([*base, "--method", "kd", "--loss-opt", "foo=bar"], cli, "foo")
     assert "temperature" in line  # says what the options are
     line = assert_one_line(
-        [*base, "--method", "ntkd", "--loss-opt", "bta=2"], capsys, "did you mean 'beta'"
+        [*base, "--method", "ntkd", "--loss-opt", "bta=2"], cli, "did you mean 'beta'"
     )
-    assert_one_line([*base, "--method", "kd", "--loss-opt", "alpha"], capsys, "KEY=VALUE")
-    assert_one_line([*base, "--method", "kd", "--alpha", "7"], capsys, "alpha")
+    assert_one_line([*base, "--method", "kd", "--loss-opt", "alpha"], cli, "KEY=VALUE")
+    assert_one_line([*base, "--method", "kd", "--alpha", "7"], cli, "alpha")
 
 
 @pytest.mark.parametrize(
@@ -140,8 +128,8 @@ def test_unknown_loss_option_is_one_line(teacher_ckpt, capsys) -> None:
         (["evaluate", "missing.pt"], "missing.pt"),
     ],
 )
-def test_out_of_range_values_fail_at_parse_time(argv, flag, capsys) -> None:
-    assert_one_line(argv, capsys, flag)
+def test_out_of_range_values_fail_at_parse_time(argv, flag, cli) -> None:
+    assert_one_line(argv, cli, flag)
 
 
 @pytest.mark.parametrize(
@@ -154,44 +142,44 @@ def test_out_of_range_values_fail_at_parse_time(argv, flag, capsys) -> None:
         (["teacher", "train", "--task", "mnist", "--seed", "1"], "--seed"),
     ],
 )
-def test_retired_spellings_fail_naming_the_flag(argv, old, capsys) -> None:
-    assert_one_line(argv, capsys, old)
+def test_retired_spellings_fail_naming_the_flag(argv, old, cli) -> None:
+    assert_one_line(argv, cli, old)
 
 
-def test_finetune_without_sim_needs_its_inputs(capsys) -> None:
-    assert_one_line(["finetune"], capsys, "--student", "--test-capture")
+def test_finetune_without_sim_needs_its_inputs(cli) -> None:
+    assert_one_line(["finetune"], cli, "--student", "--test-capture")
 
 
 # ------------------------------------------------------------------ config files
 
 
-def test_bench_config_typo_suggests_the_nearest_key(tmp_path, capsys) -> None:
+def test_bench_config_typo_suggests_the_nearest_key(tmp_path, cli) -> None:
     config = tmp_path / "bench.yaml"
     config.write_text("devices: {slm0: {kind: slm}, cam0: {kind: camera}}\nsim: {gap_pz: 3}\n")
-    line = assert_one_line(["devices", "--config", str(config)], capsys, "sim.gap_pz")
+    line = assert_one_line(["devices", "--config", str(config)], cli, "sim.gap_pz")
     assert "did you mean 'gap_px'" in line and "input_value" not in line and "http" not in line
 
 
-def test_experiment_config_errors_name_field_value_and_expectation(tmp_path, capsys) -> None:
+def test_experiment_config_errors_name_field_value_and_expectation(tmp_path, cli) -> None:
     bad = tmp_path / "exp.yaml"
     bad.write_text("task: mnist\ncapture: {fractoin: 0.2}\n")
     argv = ["finetune", "--sim", "--experiment", str(bad), "--no-progress"]
-    line = assert_one_line(argv, capsys, "capture.fractoin", "did you mean 'fraction'")
+    line = assert_one_line(argv, cli, "capture.fractoin", "did you mean 'fraction'")
     bad.write_text("task: mnist\ncapture: {fraction: 1.5}\n")
-    line = assert_one_line(argv, capsys, "capture.fraction", "1.5", "less than or equal to 1")
+    line = assert_one_line(argv, cli, "capture.fraction", "1.5", "less than or equal to 1")
     assert "type=" not in line and "For further information" not in line
 
 
 @pytest.mark.parametrize("kind", ["random.pt", "text.pt"])
-def test_random_bytes_as_a_yaml_config_is_one_line(files, kind, tmp_path, capsys) -> None:
+def test_random_bytes_as_a_yaml_config_is_one_line(files, kind, tmp_path, cli) -> None:
     config = tmp_path / "config.yaml"
     config.write_bytes(files[kind].read_bytes())
-    assert_one_line(["devices", "--config", str(config)], capsys, str(config))
-    assert_one_line(["finetune", "--sim", "--experiment", str(config)], capsys, str(config))
+    assert_one_line(["devices", "--config", str(config)], cli, str(config))
+    assert_one_line(["finetune", "--sim", "--experiment", str(config)], cli, str(config))
 
 
-def test_missing_bench_config_is_one_line(tmp_path, capsys) -> None:
-    assert_one_line(["capture", "--config", str(tmp_path / "nope.yaml")], capsys, "nope.yaml")
+def test_missing_bench_config_is_one_line(tmp_path, cli) -> None:
+    assert_one_line(["capture", "--config", str(tmp_path / "nope.yaml")], cli, "nope.yaml")
 
 
 # ------------------------------------------------------------------ data and checkpoints
@@ -206,28 +194,28 @@ def test_missing_bench_config_is_one_line(tmp_path, capsys) -> None:
         ["finetune", "--sim", "--task", "mnist"],
     ],
 )
-def test_missing_data_root_fails_before_any_work(command, tmp_path, capsys) -> None:
+def test_missing_data_root_fails_before_any_work(command, tmp_path, cli) -> None:
     out = tmp_path / "run"
     argv = [*command, "--data-root", str(tmp_path / "nope"), "--out", str(out)]
-    assert_one_line(argv, capsys, "nope")
+    assert_one_line(argv, cli, "nope")
     assert not out.exists()
 
 
-def test_cifar10_without_data_says_where_to_put_it(monkeypatch, capsys) -> None:
+def test_cifar10_without_data_says_where_to_put_it(monkeypatch, cli) -> None:
     monkeypatch.delenv("ONNLAB_DATA", raising=False)
-    assert_one_line(["train", "--task", "cifar10"], capsys, "--data-root", "CIFAR-10")
+    assert_one_line(["train", "--task", "cifar10"], cli, "--data-root", "CIFAR-10")
 
 
 @pytest.mark.parametrize("flag", ["--student", "--teacher"])
-def test_finetune_checks_its_checkpoints_before_training(files, flag, capsys) -> None:
+def test_finetune_checks_its_checkpoints_before_training(files, flag, cli) -> None:
     argv = ["finetune", "--sim", "--tiny", "--no-progress", flag, str(files["text.pt"])]
-    assert_one_line(argv, capsys, "not an onnlab checkpoint")
+    assert_one_line(argv, cli, "not an onnlab checkpoint")
 
 
 # ------------------------------------------------------------------ provenance
 
 
-def test_evaluate_refuses_a_checkpoint_of_another_dataset(tmp_path, monkeypatch, capsys) -> None:
+def test_evaluate_refuses_a_checkpoint_of_another_dataset(tmp_path, monkeypatch, cli) -> None:
     """A Carvana checkpoint scored without --data-root would silently use the synthetic set."""
     from onnlab.models.zoo import build_student
     from onnlab.training.checkpoint import save_checkpoint
@@ -235,18 +223,18 @@ def test_evaluate_refuses_a_checkpoint_of_another_dataset(tmp_path, monkeypatch,
     monkeypatch.delenv("ONNLAB_DATA", raising=False)
     carvana = {"dataset": "carvana", "data_root": str(tmp_path / "data")}
     path = save_checkpoint(tmp_path / "seg.pt", build_student("segmentation"), {"dataset": carvana})
-    assert_one_line(["evaluate", str(path)], capsys, "carvana", "--data-root", "synthetic")
+    assert_one_line(["evaluate", str(path)], cli, "carvana", "--data-root", "synthetic")
 
 
-def test_kd_without_a_registered_teacher_says_how_to_get_one(capsys) -> None:
-    line = assert_one_line(["train", "--task", "mnist", "--method", "kd"], capsys, "teacher train")
+def test_kd_without_a_registered_teacher_says_how_to_get_one(cli) -> None:
+    line = assert_one_line(["train", "--task", "mnist", "--method", "kd"], cli, "teacher train")
     assert "--teacher" in line and "--limit" in line
 
 
-def test_failed_run_leaves_no_empty_run_folder(tmp_path, capsys) -> None:
+def test_failed_run_leaves_no_empty_run_folder(tmp_path, cli) -> None:
     out = tmp_path / "run"
     argv = ["train", "--task", "mnist", "--arch", "widht=3", "--out", str(out)]
-    assert_one_line(argv, capsys, "--arch")
+    assert_one_line(argv, cli, "--arch")
     assert not out.exists()
 
 

@@ -9,18 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
-
-from onnlab.cli import main
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    captured = capsys.readouterr()
-    lines = [ln for ln in (captured.out + captured.err).splitlines() if ln.strip()]
-    return int(exc.value.code or 0), lines
 
 
 def assert_interrupt_line(code: int, lines: list[str], out: Path) -> str:
@@ -32,7 +21,7 @@ def assert_interrupt_line(code: int, lines: list[str], out: Path) -> str:
     return said[0]
 
 
-def test_calibrate_interrupted_keeps_finished_steps_and_resumes(tmp_path, monkeypatch, capsys):
+def test_calibrate_interrupted_keeps_finished_steps_and_resumes(tmp_path, monkeypatch, cli):
     import calibration.runner as runner
 
     real_step = runner._run_step
@@ -48,14 +37,14 @@ def test_calibrate_interrupted_keeps_finished_steps_and_resumes(tmp_path, monkey
     argv = ["calibrate", "--sim", "--quick", "--no-progress", "--steps", "dark,response,focus"]
     argv += ["--out", str(out)]
     monkeypatch.setattr(runner, "_run_step", step)
-    code, lines = run_cli(argv, capsys)
+    code, lines = cli(argv)
     line = assert_interrupt_line(code, lines, out)
     assert "dark, response" in line
     assert lines[0].startswith("SIMULATED")
 
     calls.clear()
     monkeypatch.setattr(runner, "_run_step", lambda n, c, o: step(n, c, o, interrupt_at=""))
-    code, lines = run_cli(argv, capsys)
+    code, lines = cli(argv)
     assert code == 0, lines
     assert any("resuming" in ln and "dark, response" in ln for ln in lines), lines
     assert calls == ["focus"]  # the finished steps are not measured again
@@ -69,7 +58,7 @@ def test_calibrate_interrupted_keeps_finished_steps_and_resumes(tmp_path, monkey
     assert not (out / "calibration.partial.h5").exists()
 
 
-def test_train_interrupted_keeps_finished_epochs_and_resumes(tmp_path, monkeypatch, capsys):
+def test_train_interrupted_keeps_finished_epochs_and_resumes(tmp_path, monkeypatch, cli):
     import onnlab.training.loop as loop
 
     real_log = loop._log_epoch
@@ -82,18 +71,18 @@ def test_train_interrupted_keeps_finished_epochs_and_resumes(tmp_path, monkeypat
     argv = ["train", "--task", "mnist", "--limit", "256", "--eval-limit", "64", "--epochs", "2"]
     argv += ["--no-progress", "--device", "cpu", "--out", str(out)]
     monkeypatch.setattr(loop, "_log_epoch", log_then_interrupt)
-    code, lines = run_cli(argv, capsys)
+    code, lines = cli(argv)
     assert_interrupt_line(code, lines, out)
     assert any("student seed 0 (none): epoch 1/2" in ln for ln in lines), lines  # who trains
 
     monkeypatch.setattr(loop, "_log_epoch", real_log)
-    code, lines = run_cli(argv, capsys)
+    code, lines = cli(argv)
     assert code == 0, lines
     assert any("resuming after epoch 1/2" in ln for ln in lines), lines
     assert not any("epoch 1/2  loss" in ln for ln in lines)  # epoch 1 is not trained again
 
 
-def test_finetune_interrupted_keeps_trained_models_and_resumes(tmp_path, monkeypatch, capsys):
+def test_finetune_interrupted_keeps_trained_models_and_resumes(tmp_path, monkeypatch, cli):
     import onnlab.finetune.sim as sim
 
     experiment = tmp_path / "exp.yaml"
@@ -115,19 +104,19 @@ def test_finetune_interrupted_keeps_trained_models_and_resumes(tmp_path, monkeyp
     out = tmp_path / "ft"
     argv = ["finetune", "--sim", "--experiment", str(experiment), "--no-progress"]
     argv += ["--out", str(out)]
-    code, lines = run_cli(argv, capsys)
+    code, lines = cli(argv)
     assert_interrupt_line(code, lines, out)
     assert any(ln.startswith("mnist teacher: epoch 1/1") for ln in lines), lines
     assert (out / "teacher" / "model.pt").is_file() and (out / "student" / "model.pt").is_file()
 
-    code, lines = run_cli(argv, capsys)  # interrupted again, but after reusing both models
+    code, lines = cli(argv)  # interrupted again, but after reusing both models
     assert_interrupt_line(code, lines, out)
     assert any("mnist teacher: reusing" in ln for ln in lines), lines
     assert any("mnist student: reusing" in ln for ln in lines), lines
     assert not any("epoch 1/1" in ln for ln in lines), lines
 
 
-def test_interrupt_before_anything_finished_keeps_no_folder(tmp_path, monkeypatch, capsys):
+def test_interrupt_before_anything_finished_keeps_no_folder(tmp_path, monkeypatch, cli):
     import onnlab.training.loop as loop
 
     def interrupt_at_once(*args, **kwargs):
@@ -136,6 +125,6 @@ def test_interrupt_before_anything_finished_keeps_no_folder(tmp_path, monkeypatc
     monkeypatch.setattr(loop, "_make_batch", interrupt_at_once)
     out = tmp_path / "train"
     argv = ["train", "--task", "mnist", "--limit", "256", "--eval-limit", "64", "--epochs", "1"]
-    code, lines = run_cli([*argv, "--no-progress", "--out", str(out)], capsys)
+    code, lines = cli([*argv, "--no-progress", "--out", str(out)])
     assert code == 130 and lines[-1].startswith("interrupted") and "nothing" in lines[-1]
     assert not out.exists()

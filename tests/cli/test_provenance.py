@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
-from onnlab.cli import main
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    captured = capsys.readouterr()
-    lines = [ln for ln in (captured.out + captured.err).splitlines() if ln.strip()]
-    return int(exc.value.code or 0), lines
-
-
-def test_capture_on_the_default_bench_says_simulated_first_and_records_it(tmp_path, capsys):
+def test_capture_on_the_default_bench_says_simulated_first_and_records_it(tmp_path, cli):
     from onnlab.capture.store import CaptureStore
 
     out = tmp_path / "cap"
     argv = ["capture", "--split", "test", "--fraction", "0.005", "--no-progress"]
-    code, lines = run_cli([*argv, "--out", str(out)], capsys)
+    code, lines = cli([*argv, "--out", str(out)])
     assert code == 0, lines
     assert lines[0].startswith("SIMULATED bench") and "sim.yaml" in lines[0]
     with CaptureStore.read(out / "capture.h5", verify=False) as store:
@@ -31,11 +19,11 @@ def test_capture_on_the_default_bench_says_simulated_first_and_records_it(tmp_pa
         assert store.meta["dataset"] == "mnist"
 
 
-def test_limited_teacher_is_not_registered_and_says_so(tmp_path, monkeypatch, capsys):
+def test_limited_teacher_is_not_registered_and_says_so(tmp_path, monkeypatch, cli):
     monkeypatch.delenv("ONNLAB_DATA", raising=False)
     argv = ["teacher", "train", "--task", "mnist", "--limit", "128", "--eval-limit", "32"]
     argv += ["--epochs", "1", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "t")]
-    code, lines = run_cli(argv, capsys)
+    code, lines = cli(argv)
     assert code == 0, lines
     said = [ln for ln in lines if ln.startswith("not registered")]
     assert len(said) == 1 and "--limit 128" in said[0] and "--teacher" in said[0], lines
@@ -46,9 +34,9 @@ def test_limited_teacher_is_not_registered_and_says_so(tmp_path, monkeypatch, ca
     assert meta["dataset"] == {"dataset": "mnist-sample", "data_root": None}
     assert meta["limit"] == 128 and meta["seed"] == 0
 
-    code, lines = run_cli([*argv[:-1], str(tmp_path / "t2"), "--register"], capsys)
+    code, lines = cli([*argv[:-1], str(tmp_path / "t2"), "--register"])
     assert code == 0 and any(ln.startswith("registered teacher") for ln in lines), lines
-    code, lines = run_cli(["evaluate", str(tmp_path / "t2" / "model.pt"), "--limit", "20"], capsys)
+    code, lines = cli(["evaluate", str(tmp_path / "t2" / "model.pt"), "--limit", "20"])
     assert code == 0 and "accuracy=" in lines[0], lines
     metrics = json.loads(
         (next((tmp_path / "runs").glob("evaluate-*")) / "metrics.json").read_text()
