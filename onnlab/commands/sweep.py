@@ -20,7 +20,7 @@ def sweep_command(
     ),
     overrides: list[str] | None = typer.Argument(
         None,
-        metavar="[HYDRA_OVERRIDE]...",
+        metavar="HYDRA_OVERRIDE",
         help="Hydra overrides, e.g. hydra/launcher=submitit_slurm hydra.launcher.partition=gpu.",
     ),
     seeds: int | None = typer.Option(
