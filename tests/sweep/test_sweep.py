@@ -155,3 +155,11 @@ def test_a_failing_job_is_recorded_and_fails_the_command(tmp_path, capsys):
     assert [(f["point"], f["seed"]) for f in summary["failed"]] == [(0, 0)]
     assert summary["rows"][0]["missing_seeds"] == [0]
     assert "Traceback" in (out / "jobs" / "point-0-seed-0" / "error.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "configs" / "sweeps").glob("*.yaml"))
+)
+def test_shipped_sweep_files_are_valid(path):
+    spec = load_spec(path)
+    assert len(validate(spec, str(path))) >= 2
