@@ -143,7 +143,15 @@ def calibrate_sim_bench(
     base = CalibrationOptions.quick() if quick else CalibrationOptions()
     # validated: an unknown or bad field is refused (extra="forbid"), not silently ignored
     opts = CalibrationOptions.model_validate({**base.model_dump(), **(options or {})})
-    run = run_calibration(setup, options=opts, progress=_progress_printer() if progress else None)
+    run = run_calibration(
+        setup,
+        options=opts,
+        progress=_progress_printer() if progress else None,
+        notes={
+            "simulated": True,
+            "simulated_devices": [d.device_id for d in (bench.slm, bench.camera, bench.stage)],
+        },
+    )
     run.artifact.save(path)
     return load_extractor(path, bench_config=bench_config_hash, design=design)
 

@@ -179,6 +179,7 @@ def run_one_fabrication(
             meta={
                 **meta,
                 "dataset": cfg.task,
+                "simulated": True,
                 "split": split,
                 "seed": opts.seed,
                 "data_root": opts.data_root,

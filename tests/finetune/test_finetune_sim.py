@@ -44,6 +44,11 @@ def test_finetune_sim_tiny_end_to_end(tmp_path: Path) -> None:
         with CaptureStore.read(fab / f"capture-{split}.h5") as store:
             assert store.is_full and store.completion is not None
             assert store.spec.content == "features" and store.meta["calibration_id"]
+            assert store.meta["simulated"] is True  # no artifact hides that it is simulated
+    from calibration.artifact import CalibrationArtifact
+
+    assert CalibrationArtifact.load(fab / "calibration.h5").meta.notes["simulated"] is True
+    assert payload["simulated"] is True
 
     # rerun on the same run dir: models and calibration from the cache, captures complete
     again = _invoke("--sim", "--tiny", "--out", str(run_dir), "--epochs", "1")
@@ -71,6 +76,7 @@ def test_finetune_sim_tiny_end_to_end(tmp_path: Path) -> None:
     assert lab["no_compensation"] == payload["no_compensation"]
     assert abs(lab["simulation"] - payload["simulation"]) < 1e-9
     assert lab["n_captured_train"] == 300 and lab["n_captured_test"] == 150
+    assert lab["simulated"] is True  # the stores say they came from a simulated bench
 
 
 SEGMENTATION_TINY = {
