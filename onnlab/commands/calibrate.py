@@ -202,6 +202,15 @@ def calibrate_command(
 
 _MM = re.compile(r"_m$")
 
+# What each step's residual measures, and in which unit (the "trust number" of the step).
+RESIDUALS: dict[str, str] = {
+    "dark": "rel. RMS misfit of the variance-vs-mean line beyond sampling noise",
+    "response": "RMS misfit of the gamma curve (fraction of full scale)",
+    "focus": "rel. RMS misfit of the Gaussian focus curve",
+    "registration": "RMS fiducial misfit (px)",
+    "psf": "RMS residual in units of camera noise (1 = noise-limited)",
+}
+
 
 def _fmt_value(key: str, value: float) -> str:
     """Positions and lengths in mm (one unit on every line of the CLI), the rest as is."""
@@ -214,13 +223,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="onnlab calibrate" + (" (SIMULATED)" if summary.get("simulated") else ""))
-    for col in ("step", "residual", "frames", "seconds", "result"):
+    for col in ("step", "residual", "residual is", "frames", "seconds", "result"):
         table.add_column(col)
     for name, rec in summary["steps"].items():
         vals = {k: v for k, v in rec.items() if k not in ("residual", "seconds", "frames")}
         text = ", ".join(_fmt_value(k, v) for k, v in vals.items())
         table.add_row(
-            name, f"{rec['residual']:.4g}", str(rec["frames"]), f"{rec['seconds']:.1f}", text
+            name,
+            f"{rec['residual']:.4g}",
+            RESIDUALS.get(name, ""),
+            str(rec["frames"]),
+            f"{rec['seconds']:.1f}",
+            text,
         )
     out = console()
     out.print(table)
