@@ -24,6 +24,34 @@ from onnlab.commands.options import (
 )
 
 
+def check_experiment(cfg: object) -> None:
+    """Build what the experiment file describes once (student architecture, loss options), so
+    a typo in it is one ConfigError naming the file before minutes of teacher training."""
+    from onnlab.commands.train import check_architecture, check_loss
+    from onnlab.errors import ConfigError, UsageError
+    from onnlab.models.zoo import build_teacher
+
+    task = cfg.task  # type: ignore[attr-defined]
+    student = cfg.student  # type: ignore[attr-defined]
+    checks = [
+        ("student.architecture", lambda: check_architecture(task, "student", student.architecture)),
+    ]
+    teacher = build_teacher(task)
+    if student.method != "none":
+        opts = dict(getattr(student, student.method))
+        checks.append(
+            (f"student.{student.method}", lambda: check_loss(student.method, task, teacher, opts))
+        )
+    ntkd = dict(cfg.finetune.ntkd)  # type: ignore[attr-defined]
+    checks.append(("finetune.ntkd", lambda: check_loss("ntkd", task, teacher, ntkd)))
+    for field, check in checks:
+        try:
+            check()
+        except UsageError as exc:
+            text = str(exc).replace("--loss-opt ", "").replace("--arch ", "")
+            raise ConfigError(f"{cfg.source}: {field}: {text}") from exc  # type: ignore[attr-defined]
+
+
 def _file(help_text: str, default: str = "none") -> object:
     return typer.Option(
         None,
@@ -136,6 +164,7 @@ def register(app: typer.Typer) -> None:
             from onnlab.finetune.models import _load
 
             cfg = load_experiment(name, experiment, tiny=tiny)
+            check_experiment(cfg)
             for path, role in ((teacher, "teacher"), (student, "student")):
                 if path is not None:
                     _load(path, cfg.task, role)

@@ -170,6 +170,22 @@ def test_experiment_config_errors_name_field_value_and_expectation(tmp_path, cli
     assert "type=" not in line and "For further information" not in line
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("student: {architecture: {widht: 3}}", "student.architecture"),
+        ("student: {ntkd: {bta: 2}}", "did you mean 'beta'"),
+        ("finetune: {ntkd: {alpha: -1}}", "finetune.ntkd"),
+    ],
+)
+def test_experiment_options_are_checked_before_training(tmp_path, text, expected, cli) -> None:
+    bad = tmp_path / "exp.yaml"
+    bad.write_text(f"task: mnist\n{text}\n")
+    argv = ["finetune", "--sim", "--experiment", str(bad), "--out", str(tmp_path / "run")]
+    assert_one_line(argv, cli, str(bad), expected)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("kind", ["random.pt", "text.pt"])
 def test_random_bytes_as_a_yaml_config_is_one_line(files, kind, tmp_path, cli) -> None:
     config = tmp_path / "config.yaml"
