@@ -3,8 +3,9 @@
 The devices answer for themselves (panel and camera shapes, limits, ids, serials); the rest —
 the design PSFs, the tile layout and the photometric scale — is design knowledge that the bench
 config (``sim`` section for simulated benches) or command-line options provide, read with the
-simulator's own rules (`drivers.sim.design`) so calibration assumes the design it renders.
-Calibration never reads a simulated bench's hidden ``truth``.
+layer-1 design rules (`onnlab.optics.seeded_design`) that the simulator also uses. Calibration
+knows the design, never the simulator: it does not import ``drivers.sim`` and never reads a
+simulated bench's hidden ``truth``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,23 @@ import torch
 from calibration.artifact import config_hash
 from calibration.forward import TileGeometry
 from calibration.runner import BenchSetup, device_record
-from drivers.sim.design import read_psfs, sim_design_psfs, tile_grid
 from onnlab.errors import CalibrationError, ConfigError
+from onnlab.optics.seeded_design import read_psfs, stand_alone_design, tile_grid
+
+
+def config_design_psfs(config: Any) -> torch.Tensor:
+    """The design PSFs a bench config's ``sim`` section names (file, or seeded design)."""
+    try:
+        return stand_alone_design(config.sim, config.resolve)[0]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{config.source}: sim.design: {exc}") from exc
 
 
 def load_design(path: str | Path) -> torch.Tensor:
     """(K, C, k, k) design PSFs from .npy or .pt (weights_only); ConfigError when malformed."""
     try:
         return read_psfs(path)
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
 
 
@@ -61,7 +70,7 @@ def setup_from_devices(
     if camera is None:
         raise CalibrationError("calibration needs a camera; none is configured")
     stage = pick("stage", stage_id)
-    design = design_psfs if design_psfs is not None else sim_design_psfs(config)
+    design = design_psfs if design_psfs is not None else config_design_psfs(config)
     n_k = int(design.shape[0])
     sim = config.sim
     rows, cols = tile_grid(

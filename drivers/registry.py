@@ -149,12 +149,19 @@ class SimDesign(_Strict):
     channels: Literal[1, 3] | None = None
     seed: int = 0
     psfs_path: str | None = None  # .npy / .pt with (K, C, k, k); relative to the config file
+    phase_samples: int = Field(64, ge=2)  # physical model: phase samples N per sub-aperture side
+    material: str = "SiO2"  # physical model: the optic's material (onnlab.optics.materials)
 
 
 class SimConfig(_Strict):
     """Parameters of `drivers.sim.SimulatedBench` (sensor fields as in `SensorModel`)."""
 
     design: SimDesign = Field(default_factory=SimDesign)
+    # "physical": frames through the wave model of the as-built optic (drivers.sim.physical);
+    # "legacy": per-pixel PSF errors and Gaussian defocus (drivers.sim.model).
+    model: Literal["legacy", "physical"] = "legacy"
+    optics: dict[str, Any] = Field(default_factory=dict)  # OpticsConfig overrides (physical)
+    fabrication: dict[str, Any] = Field(default_factory=dict)  # FabricationErrors fields
     image_hw: tuple[int, int] | None = None  # default: the task's image size
     rows: int | None = Field(None, ge=1)
     cols: int | None = Field(None, ge=1)
@@ -265,13 +272,16 @@ def build_sim_bench(config: BenchConfig, design_psfs: Any = None) -> Any:
     import torch
 
     from drivers.sim import TASK_DEFAULTS, SimulatedBench
-    from drivers.sim.design import sim_design_psfs
+    from drivers.sim.design import sim_design
     from onnlab.optics import SensorModel
 
     sim = config.sim
     d = sim.design
+    optic = None
     if design_psfs is None:
-        design_psfs = sim_design_psfs(config)
+        design_psfs, phases = sim_design(config)
+        if phases is not None:
+            optic = _physical_optic(config, phases)
     ids = {"slm": "slm0", "camera": "cam0", "stage": "stage0"}
     for dev_id, dev in config.devices.items():
         if dev.driver == "sim":
@@ -296,6 +306,29 @@ def build_sim_bench(config: BenchConfig, design_psfs: Any = None) -> Any:
         error_strength=sim.error_strength,
         exposure_s=sim.exposure_s,
         device_ids=(ids["slm"], ids["camera"], ids["stage"]),
+        optic=optic,
+    )
+
+
+def _physical_optic(config: BenchConfig, phases: Any) -> Any:
+    """The as-built optic of a physical sim bench: the seeded phase design, fabricated with
+    ``sim.fabrication`` (FabricationErrors fields) drawn from ``sim.seed``."""
+    from drivers.sim.bench import NOMINAL_FOCUS_M
+    from drivers.sim.physical import build_optic
+    from onnlab.optics.fabrication import FabricationErrors
+    from onnlab.optics.seeded_design import sim_optics
+
+    sim = config.sim
+    try:
+        optics = sim_optics(sim.design.task, {**sim.optics, "kernel_px": sim.design.kernel_px})
+        errors = FabricationErrors(**{"strength": sim.error_strength, **sim.fabrication})
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{config.source}: sim.optics / sim.fabrication: {' '.join(str(exc).split())}",
+            operation="config",
+        ) from exc
+    return build_optic(
+        phases, optics, sim.design.material, sim.seed, errors, nominal_focus_m=NOMINAL_FOCUS_M
     )
 
 

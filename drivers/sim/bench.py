@@ -37,11 +37,21 @@ from drivers.sim.model import (
     TileLayout,
 )
 from drivers.sim.noise import FrameNoise
+from drivers.sim.physical import PhysicalOptic, PhysicalRenderer
 from drivers.sim.state import BenchState
 from onnlab.optics import FabricationErrors, SensorModel, perturb_psfs
 
 STAGE_LIMITS_M = (0.0, 25e-3)  # a 25 mm travel actuator (SMC100-class); home at 0
 NOMINAL_FOCUS_M = 12.5e-3  # where the design puts focus; the as-built focus differs
+
+
+def _check_optic(optic: PhysicalOptic, psfs: torch.Tensor) -> None:
+    k, c, kp = int(psfs.shape[0]), int(psfs.shape[1]), int(psfs.shape[2])
+    if (optic.as_built.n_kernels, optic.optics.in_channels, optic.kernel_px) != (k, c, kp):
+        raise ValueError(
+            f"optic: K={optic.as_built.n_kernels}, C={optic.optics.in_channels}, "
+            f"kernel_px={optic.kernel_px} does not match design_psfs {tuple(psfs.shape)}"
+        )
 
 
 class SimulatedBench:
@@ -62,6 +72,10 @@ class SimulatedBench:
         exposure_s: initial camera exposure; 1 s reproduces `SensorModel`'s photometry
             (``full_scale_e`` electrons per unit feature) used at training time.
         stage_z_m: initial stage position (default: the nominal focus).
+        optic: the as-built optic of a PHYSICAL bench (`drivers.sim.physical`): frames are
+            rendered through its effective PSFs (leakage, zero order, defocus by propagation)
+            and ``errors`` only supplies the per-kernel gain (no display misalignment, no
+            per-pixel PSF noise). None: the legacy bench of `drivers.sim.model`.
     """
 
     def __init__(
@@ -84,6 +98,7 @@ class SimulatedBench:
         exposure_s: float = 1.0,
         stage_z_m: float = NOMINAL_FOCUS_M,
         device_ids: tuple[str, str, str] = ("slm0", "cam0", "stage0"),
+        optic: PhysicalOptic | None = None,
     ) -> None:
         psfs = torch.as_tensor(design_psfs)
         if psfs.ndim != 4 or psfs.shape[2] != psfs.shape[3]:
@@ -106,6 +121,14 @@ class SimulatedBench:
         s = float(error_strength)
         if errors is None:
             errors = FabricationErrors.sample(n_k, n_c, k_px, seed=self.seed, strength=s)
+        if optic is not None:
+            _check_optic(optic, psfs)
+            # The optic carries the PSF errors and its own offset/rotation: keep the gain only.
+            errors = FabricationErrors(
+                gain=torch.as_tensor(errors.gain, dtype=psfs.dtype),
+                psf_delta=torch.zeros_like(psfs),
+                meta={**errors.meta, "model": "physical"},
+            )
         layout = TileLayout(int(rows), int(cols), int(gap_px), self.image_hw, int(margin_px))
         hs, ws = layout.sensor_hw
         if display is None:
@@ -125,6 +148,8 @@ class SimulatedBench:
             registration.scale,
             centre_px=((hs - 1) / 2, (ws - 1) / 2),
         )
+        if optic is not None:
+            focus = Focus(z_focus_m=optic.best_focus_m, max_sigma_px=2.0 * k_px)
         if focus is None:
             focus = Focus(
                 z_focus_m=NOMINAL_FOCUS_M + s * float(rng.normal(0, 30e-6)),
@@ -132,7 +157,11 @@ class SimulatedBench:
             )
         self.truth = SimTruth(
             design_psfs=psfs,
-            psfs=perturb_psfs(psfs, errors.psf_delta),
+            psfs=(
+                perturb_psfs(psfs, errors.psf_delta)
+                if optic is None
+                else optic.kernel_psfs(optic.best_focus_m)
+            ),
             gain=torch.as_tensor(errors.gain, dtype=psfs.dtype),
             errors=errors,
             display=display,
@@ -140,9 +169,13 @@ class SimulatedBench:
             focus=focus,
             sensor=sensor if sensor is not None else SensorModel(),
             layout=layout,
-            extra={"seed": self.seed, "error_strength": s},
+            extra={"seed": self.seed, "error_strength": s}
+            | ({} if optic is None else {"model": "physical", "as_built": optic.record}),
+            optic=optic,
         )
-        self.renderer = Renderer(self.truth)
+        self.renderer = (
+            Renderer(self.truth) if optic is None else PhysicalRenderer(self.truth, optic)
+        )
         self.noise = FrameNoise(self.seed)
         self.fault_config = faults if faults is not None else FaultConfig()
         self.faults = FaultInjector(self.fault_config, self.seed)

@@ -185,6 +185,9 @@ class SimTruth:
     sensor: SensorModel
     layout: TileLayout
     extra: dict[str, Any] = field(default_factory=dict)
+    # The as-built optic of a physical bench (`drivers.sim.physical.PhysicalOptic`); None for
+    # the legacy bench (per-pixel PSF errors, Gaussian defocus).
+    optic: Any = None
 
     @property
     def misalignment_shift_px(self) -> tuple[float, float]:
@@ -195,8 +198,17 @@ class SimTruth:
         return float(self.errors.rotation_rad)
 
     def psfs_at(self, z_m: float) -> torch.Tensor:
-        """As-built PSFs at stage position z (defocus applied)."""
+        """As-built (K, C, k, k) PSFs at stage position z (defocus applied); for a physical
+        bench the central kernel window of the effective PSFs."""
+        if self.optic is not None:
+            return self.optic.kernel_psfs(z_m)
         return defocus_psfs(self.psfs, self.focus.sigma_px(z_m))
+
+    def window_psfs_at(self, z_m: float) -> torch.Tensor:
+        """PSFs on the window the bench renders (K, C, W, W); W = k for the legacy bench."""
+        if self.optic is not None:
+            return self.optic.window_psfs(z_m)
+        return self.psfs_at(z_m)
 
     def tile_centers_px(self) -> np.ndarray:
         """(K, 2) sensor coordinates (y, x) of each tile's centre after registration."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -155,36 +153,3 @@ def test_normal_equations_are_exact_and_map_recovers_psfs() -> None:
     sol = solve_psfs_map(gram, rhs, yty, npx, psfs, 1e-8, prior_rel_std=None)
     rel = (sol.psfs.reshape(psfs.shape) - psfs).norm() / psfs.norm()
     assert float(rel) < 1e-3
-
-
-def test_forward_model_reproduces_the_simulated_bench() -> None:
-    """Given the simulator's hidden values, our model renders the same frames (the contract)."""
-    from drivers.sim import SimulatedBench, design_psfs
-
-    bench = SimulatedBench(design_psfs("mnist", 4, 5, seed=1), (16, 16), seed=2)
-    t = bench.truth
-    r = t.registration
-    tiles = TileGeometry(
-        t.layout.rows, t.layout.cols, t.layout.gap_px, (16, 16), bench.camera.shape_hw, 4
-    )
-    geom = Geometry.from_values(
-        r.offset_px,
-        r.rotation_rad,
-        r.scale,
-        t.errors.shift_px,
-        t.errors.rotation_rad,
-        dtype=torch.float32,
-    )
-    grey = torch.randint(0, 256, (3, 1, 16, 16), generator=torch.Generator().manual_seed(0))
-    z = bench.stage.position_m
-    ours = ForwardModel(tiles, geom).signal(
-        t.display.intensity(grey), t.psfs_at(z) * t.gain[:, None, None, None]
-    )
-    ref = bench.renderer.signal(grey.to(torch.uint8), z)
-    assert float((ours - ref).abs().max()) < 1e-5 * float(ref.abs().max())
-    # camera_from_canvas agrees with the simulator's registration map
-    pts = np.array([[3.0, 4.0], [20.0, 30.0]])
-    np.testing.assert_allclose(
-        geom.camera_from_canvas(pts, tiles.centre_px), r.sensor_from_canvas(pts), atol=1e-5
-    )
-    assert math.isclose(tiles.centre_px[0], r.centre_px[0])
