@@ -79,7 +79,7 @@ def test_devices_with_psfs_path_to_a_foreign_file_is_one_line(files, kind, tmp_p
         "devices: {slm0: {kind: slm}, cam0: {kind: camera}}\n"
         f"sim: {{design: {{psfs_path: {files[kind]}}}}}\n"
     )
-    assert_one_line(["devices", "--config", str(config)], cli, "sim.design.psfs_path")
+    assert_one_line(["devices", "--config", str(config)], cli, "sim.design", str(files[kind]))
 
 
 # ------------------------------------------------------------------ options
