@@ -140,7 +140,9 @@ def _psf_figure(path: Path, result, title: str) -> None:
 
     k = result.phases.shape[0]
     cols = min(k, 8)
-    fig, axes = plt.subplots(2, cols, figsize=(1.6 * cols + 1, 3.8), squeeze=False)
+    fig, axes = plt.subplots(
+        2, cols, figsize=(1.4 * cols + 1.6, 3.4), squeeze=False, layout="constrained"
+    )
     vmax = float(result.target.sum(1).max())
     im = None
     for j in range(cols):
