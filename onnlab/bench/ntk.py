@@ -18,13 +18,15 @@ What it measures, in one process, batch 128:
    and (MNIST only: it needs B x C x P memory) the naive reference -- student Gram by
    vmap(jacrev) + double backward on the whole batch, teacher as in the default.
 3. Segmentation (``segmentation_*`` keys; synthetic shapes, 56-PSF student, U-Net teacher,
-   batch 8, the task's default): the default NTKD objective (matched one-direction sketch,
-   lazy every ``ntk_every`` steps) against KD: the step that takes the NTKD term, and the mean
-   step over one lazy cycle; the NTKD loss at student = teacher (a trainable copy of the
-   teacher) for the default and for the previous default (independent one-direction student
-   sketch vs exact teacher Gram); and, per anchor, the cosine between the gradient of each
-   estimator's loss and of the exact-Gram loss (how much of a step is signal), plus the
-   relative error of the matched student Gram vs the vmap/jacrev oracle of the projected output.
+   batch 8, the task's default): the default NTKD objective (matched sketch along M output
+   directions per anchor, lazy every ``ntk_every`` steps) against KD: the step that takes the
+   NTKD term, and the mean step over one lazy cycle; the NTKD loss at student = teacher (a
+   trainable copy of the teacher) for the default and for the previous default (independent
+   one-direction student sketch vs exact teacher Gram); over direction draws on one anchor
+   batch, the gradient's signal-to-noise ratio and its cosine with the exact-Gram loss
+   gradient (how much of a step is signal), also for the exact gradient across anchor
+   batches (the noise SGD has anyway); and the relative error of the matched student Gram vs
+   the vmap/jacrev oracle of the projected outputs.
 4. Peak memory of each step: CUDA ``max_memory_allocated``; on CPU the peak resident-set growth
    sampled every millisecond after returning freed memory to the OS (``malloc_trim``).
 
@@ -354,8 +356,12 @@ def _train_set(task: str) -> Any:
         return ArrayDataset(x, torch.zeros(4500, dtype=torch.long))
 
 
-def _segmentation(quick: bool, seed: int) -> dict[str, Any]:
-    """Segmentation NTKD: cost vs KD, zero at student = teacher, gradient signal (see doc)."""
+def _segmentation(quick: bool, seed: int, teacher_path: Path | None = None) -> dict[str, Any]:
+    """Segmentation NTKD: cost vs KD, zero at student = teacher, gradient signal (see doc).
+
+    The teacher: ``teacher_path``, else the registered synthetic-set U-Net, else a seeded init
+    (stated in ``teacher_weights``); the gradient cosines mean most with a trained teacher.
+    """
     import copy
 
     from onnlab.data import load_dataset
@@ -366,7 +372,19 @@ def _segmentation(quick: bool, seed: int) -> dict[str, Any]:
     data = load_dataset("segmentation", "train", None, limit=256)
     batch_n = 8
     x, y = data.images[:batch_n], data.targets[:batch_n]
-    student, teacher = build_student("segmentation"), build_teacher("segmentation").eval()
+    student, teacher = build_student("segmentation"), build_teacher("segmentation")
+    teacher_weights = f"random init (seed {seed}); no registered teacher"
+    try:
+        from onnlab.training.checkpoint import load_checkpoint
+        from onnlab.training.runner import registered_teacher_path
+
+        path = teacher_path or registered_teacher_path("segmentation")
+        if Path(path).is_file():
+            teacher = load_checkpoint(path)[0]
+            teacher_weights = f"trained: {path}"
+    except Exception as exc:  # noqa: BLE001 - fall back to the seeded init, and say why
+        teacher_weights = f"random init (seed {seed}); teacher unusable: {exc}"
+    teacher.eval()
     student.initialise(x)
     student.train()
     anchors = 2 if quick else 4
@@ -398,45 +416,25 @@ def _segmentation(quick: bool, seed: int) -> dict[str, Any]:
     k = default.ntk_every
     mean_step = (med["ntkd_term"] + (k - 1) * med["lazy"]) / k
 
-    # zero at student = teacher; gradient signal per anchor
+    # zero at student = teacher, and gradient signal vs noise, on the first anchor batch
     twin = copy.deepcopy(teacher).eval()
     for p in twin.parameters():
         p.requires_grad_(True)
-    pool = default.anchor_pool
-    params = [p for p in student.parameters() if p.requires_grad]
-    independent = NTKDObjective(
-        teacher, "segmentation", seed=seed, directions=None, estimator="output", size=1
+    x_a, rows = default.anchor_pool.x_student[0], default.anchor_pool.cotangents[0]
+    signal = _segmentation_signal(
+        student, teacher, twin, default, seed, 3 if quick else 6, 2 if quick else 4
     )
-    zero_default, zero_independent, cos_default, cos_independent, rel_matched = [], [], [], [], []
-    for a in range(len(pool)):
-        x_a, g_anchor, rows = pool.draw()
-        g_exact_t = ntk_gram(teacher, x_a, params=list(teacher.parameters()))
-        twin_matched = default.student_gram(twin, x_a, rows)[0]
-        zero_default.append(ntkd_loss(twin_matched, g_anchor).item())
-        twin_independent = independent.student_gram(twin, x_a)[0]
-        zero_independent.append(ntkd_loss(twin_independent, g_exact_t).item())
-
-        def grad(loss: Tensor) -> Tensor:
-            return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
-
-        exact = grad(ntkd_loss(ntk_gram(student, x_a, create_graph=True), g_exact_t))
-        matched = default.student_gram(student, x_a, rows)[0]
-        cos_default.append(_cos(grad(ntkd_loss(matched, g_anchor)), exact))
-        cos_independent.append(
-            _cos(grad(ntkd_loss(independent.student_gram(student, x_a)[0], g_exact_t)), exact)
-        )
-        if a == 0:
-            proj = rows.to(x_a)
-            oracle = ntk_gram(
-                student,
-                x_a,
-                estimator="jacobian",
-                chunk_size=2,
-                output_fn=lambda out, u=proj: (
-                    torch.nn.functional.adaptive_avg_pool2d(out, 4).flatten(1) @ u.T
-                ),
-            )
-            rel_matched.append(_rel(matched.detach(), oracle))
+    proj = rows.to(x_a)
+    oracle = ntk_gram(
+        student,
+        x_a,
+        estimator="jacobian",
+        chunk_size=2,
+        output_fn=lambda out, u=proj: (
+            torch.nn.functional.adaptive_avg_pool2d(out, 4).flatten(1) @ u.T
+        ),
+    )
+    matched = default.student_gram(student, x_a, rows)[0].detach()
     return {
         "data": "synthetic segmentation shapes (train)",
         "batch": batch_n,
@@ -446,18 +444,91 @@ def _segmentation(quick: bool, seed: int) -> dict[str, Any]:
             "ntk_every": k,
             "teacher_estimator": default.teacher_estimator,
         },
-        "teacher_weights": f"random init (seed {seed})",
+        "teacher_weights": teacher_weights,
         "step_s": med,
         "ntkd_term_over_kd_step_time": med["ntkd_term"] / med["kd"],
         "ntkd_over_kd_step_time": mean_step / med["kd"],
-        "anchor_setup_s_per_anchor": setup_s / len(pool),
-        "loss_student_equals_teacher": max(zero_default),
-        "loss_student_equals_teacher_independent_sketch": zero_independent,
-        "grad_cosine_vs_exact": statistics.fmean(cos_default),
-        "grad_cosine_vs_exact_independent_sketch": statistics.fmean(cos_independent),
-        "matched_gram_rel_error_vs_oracle": max(rel_matched),
-        "anchors_checked": len(pool),
+        "anchor_setup_s_per_anchor": setup_s / len(default.anchor_pool),
+        "matched_gram_rel_error_vs_oracle": _rel(matched, oracle),
+        **signal,
     }
+
+
+def _snr(gs: list[Tensor], exact: Tensor | None = None) -> dict[str, float]:
+    """|mean|^2 / mean |g - mean|^2 over draws (noise dominates below 1), cosines vs exact."""
+    stack = torch.stack(gs)
+    mean = stack.mean(0)
+    out = {
+        "snr": float(mean.square().sum() / (stack - mean).square().sum(1).mean().clamp_min(1e-30))
+    }
+    if exact is not None:
+        out["cosine"] = statistics.fmean(_cos(g, exact) for g in gs)
+        out["mean_cosine"] = _cos(mean, exact)
+    return out
+
+
+def _segmentation_signal(
+    student: nn.Module,
+    teacher: nn.Module,
+    twin: nn.Module,
+    default: NTKDObjective,
+    seed: int,
+    draws: int,
+    batches: int,
+) -> dict[str, Any]:
+    """Loss at student = teacher and gradient signal/noise of the NTKD estimators.
+
+    On the first anchor batch, for ``draws`` random draws of output rows: the default (matched:
+    student and teacher Grams along the same M rows) and the previous default (independent:
+    the student along one row, the exact teacher Gram).  Per estimator: the mean cosine of one
+    draw's gradient with the exact-Gram loss gradient, the cosine of the mean over the draws,
+    and the signal-to-noise ratio over draws.  For scale, the SNR of the exact gradient across
+    ``batches`` anchor batches (the sampling noise SGD has anyway).  At student = teacher the
+    matched loss is 0 for every draw; the independent one is not.
+    """
+    from onnlab.distill.ntk import default_output_fn, orthogonal_rows
+
+    pool = default.anchor_pool
+    x = pool.x_student[0]
+    t_params = list(teacher.parameters())
+    params = [p for p in student.parameters() if p.requires_grad]
+    with torch.no_grad():
+        n_out = default_output_fn(teacher(x[:1])).shape[1]
+
+    def grad(loss: Tensor) -> Tensor:
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    def exact_grad(xb: Tensor) -> tuple[Tensor, Tensor]:
+        g_t = ntk_gram(teacher, xb, params=t_params)
+        return grad(ntkd_loss(ntk_gram(student, xb, create_graph=True), g_t)), g_t
+
+    exact, exact_t = exact_grad(x)
+    across = [exact] + [exact_grad(pool.x_student[b])[0] for b in range(1, min(batches, len(pool)))]
+    grads: dict[str, list[Tensor]] = {"matched": [], "independent": []}
+    at_teacher: dict[str, list[float]] = {"matched": [], "independent": []}
+    for r in range(draws):
+        gen = torch.Generator().manual_seed(seed * 1_000 + r)
+        for name, m, ref in (("matched", default.directions, None), ("independent", 1, exact_t)):
+            opts = {"estimator": "output", "cotangents": orthogonal_rows(m, n_out, gen).float()}
+            t_u = ntk_gram(teacher, x, params=t_params, **opts) if ref is None else ref
+            grads[name].append(
+                grad(ntkd_loss(ntk_gram(student, x, create_graph=True, **opts), t_u))
+            )
+            at_teacher[name].append(ntkd_loss(ntk_gram(twin, x, **opts), t_u).item())
+    out: dict[str, Any] = {
+        "signal_draws": draws,
+        "signal_batch": x.shape[0],
+        "exact_grad_snr_across_batches": _snr(across)["snr"],
+        "exact_grad_batches": len(across),
+    }
+    for name, gs in grads.items():
+        key = "" if name == "matched" else "_independent_sketch"
+        stats = _snr(gs, exact)
+        out[f"loss_student_equals_teacher{key}"] = max(at_teacher[name])
+        out[f"grad_cosine_vs_exact{key}"] = stats["cosine"]
+        out[f"mean_grad_cosine_vs_exact{key}"] = stats["mean_cosine"]
+        out[f"grad_snr{key}"] = stats["snr"]
+    return out
 
 
 def _cos(a: Tensor, b: Tensor) -> float:
@@ -475,7 +546,8 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "segmentation_ntkd_over_kd_step_time": seg["ntkd_over_kd_step_time"],
         "segmentation_ntkd_term_over_kd_step_time": seg["ntkd_term_over_kd_step_time"],
         "segmentation_loss_student_equals_teacher": seg["loss_student_equals_teacher"],
-        "segmentation_grad_cosine_vs_exact": seg["grad_cosine_vs_exact"],
+        "segmentation_grad_snr": seg["grad_snr"],
+        "segmentation_grad_snr_independent_sketch": seg["grad_snr_independent_sketch"],
         "segmentation": seg,
         "ntkd_over_kd_step_time": mnist["ratio_over_kd"]["ntkd"],
         "ntkd_over_kd_step_time_cifar10": cifar["ratio_over_kd"]["ntkd"],

@@ -1,7 +1,7 @@
 """Segmentation NTKD under its default estimator: zero at student = teacher, matched sketches.
 
-The segmentation default compares Grams taken along one seeded output direction per anchor
-batch, the same direction for the teacher's cached Gram and the student's Gram (matched sketch).
+The segmentation default compares Grams taken along 4 seeded output directions per anchor
+batch, the same rows for the teacher's cached Gram and the student's Gram (matched sketch).
 Taken along the same rows, equal models have equal Grams, so the loss is 0 at student = teacher;
 the previous default (an independent one-direction student sketch against the exact teacher
 Gram) was not, and the contrast below shows the test can fail.
@@ -44,11 +44,11 @@ def test_default_segmentation_ntkd_is_zero_for_student_equal_to_teacher():
     student = _student_is_teacher(teacher)
     objective = NTKDObjective(teacher, "segmentation", anchors=2, alpha=0.0)
     defaults = (objective.directions, objective.ntk_batch, objective.ntk_every)
-    assert defaults == (1, 8, 4)  # the defaults under test
+    assert defaults == (4, 8, 12)  # the defaults under test
     objective.prepare(data, "cpu", seed=0)
     batch = {"x": data.images[:4], "y": data.targets[:4]}
     for _ in range(3):  # every anchor batch, with its own direction
-        objective._calls = 0  # take the NTKD term now (it is lazy: every 4th step)
+        objective._calls = 0  # take the NTKD term now (it is lazy: every 12th step)
         _, logs = objective(student, batch)
         assert abs(logs["ntkd"]) < 1e-6
 
