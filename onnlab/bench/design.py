@@ -112,6 +112,8 @@ def run(quick: bool = False, seed: int = 0, checkpoint: str | Path | None = None
             "rel_error_max": float(result.rel_error.max()),
             "efficiency": result.efficiency.tolist(),
             "target_energy": result.target.sum(dim=(1, 2, 3)).tolist(),
+            "target_peak_pixel": result.info["target_peak_pixel"],
+            "focus_centre_pixel": result.info["focus_centre_pixel"],
             "wall_s": result.wall_s,
         },
         "evaluation": evaluation,

@@ -216,6 +216,13 @@ def realise_command(
         )
     for line in _table(result):
         typer.echo(line)
+    focus, peaks = result.info["focus_centre_pixel"], result.info["target_peak_pixel"]
+    over = sum(p > focus for p in peaks)
+    if over:
+        typer.echo(
+            f"note: {over} kernel(s) put more light into one pixel (up to {max(peaks):.2f}) "
+            f"than a perfect focus can ({focus:.2f}): their error is the diffraction limit"
+        )
     summary: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": source.sha256,
