@@ -1,7 +1,7 @@
 """Teacher and student for a fine-tuning experiment: load a checkpoint, reuse a cache, or train.
 
 Why a cache: the demo's run dir holds `teacher/model.pt` and `student/model.pt`, so rerunning
-with `--run-dir` (e.g. after a Ctrl-C, or to try other fabrication seeds) skips straight to the
+with `--out` (e.g. after a Ctrl-C, or to try other fabrication seeds) skips straight to the
 bench. The training loop itself resumes an interrupted stage from its `state.pt`.
 """
 
