@@ -104,9 +104,10 @@ def calibrate_command(
     from calibration.report import write_report
     from calibration.runner import CalibrationOptions, run_calibration
     from calibration.setup import setup_from_devices
+    from drivers.errors import DeviceError
     from drivers.registry import default_config_path, open_devices
     from onnlab.commands.options import bench_config
-    from onnlab.errors import Interrupted, UsageError
+    from onnlab.errors import CalibrationError, Interrupted, UsageError
     from onnlab.runtime import run_folder, write_json
 
     source = config_path or default_config_path()
@@ -175,6 +176,15 @@ def calibrate_command(
                     f"and --out {run_dir}"
                 ) from None
             raise Interrupted("no calibration step had finished; nothing kept") from None
+        except (DeviceError, CalibrationError) as exc:
+            if not partial.is_file():
+                raise
+            kept = ", ".join(CalibrationArtifact.load(partial).meta.steps)
+            what = f"{type(exc).__name__}: {exc}" if isinstance(exc, DeviceError) else str(exc)
+            raise CalibrationError(
+                f"{what} (finished steps {kept} kept in {partial}; fix the cause and rerun "
+                f"with --out {run_dir} to resume)"
+            ) from exc
         art_path = run.artifact.save(run_dir / FINAL)
         partial.unlink(missing_ok=True)
         png = write_report(run.artifact, run_dir / "report.png")

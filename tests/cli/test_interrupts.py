@@ -58,6 +58,29 @@ def test_calibrate_interrupted_keeps_finished_steps_and_resumes(tmp_path, monkey
     assert not (out / "calibration.partial.h5").exists()
 
 
+def test_calibrate_failing_step_says_the_finished_ones_are_kept(tmp_path, monkeypatch, cli):
+    """A device failure mid-calibration is one line that says how to resume."""
+    import calibration.runner as runner
+    from drivers.errors import DeviceTimeout
+
+    real_step = runner._run_step
+
+    def step(name, ctx, opts):
+        if name == "focus":
+            raise DeviceTimeout("no reply", device_id="stage0", operation="move")
+        return real_step(name, ctx, opts)
+
+    monkeypatch.setattr(runner, "_run_step", step)
+    out = tmp_path / "cal"
+    argv = ["calibrate", "--sim", "--quick", "--no-progress", "--steps", "dark,focus"]
+    code, lines = cli([*argv, "--out", str(out)])
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert code == 2 and errors == lines[-1:], lines  # one line, the last, no traceback
+    assert "DeviceTimeout" in errors[0] and "stage0" in errors[0]
+    assert "dark kept" in errors[0] and f"--out {out}" in errors[0]
+    assert (out / "calibration.partial.h5").is_file()
+
+
 def test_train_interrupted_keeps_finished_epochs_and_resumes(tmp_path, monkeypatch, cli):
     import onnlab.training.loop as loop
 
