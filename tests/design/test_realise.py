@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from onnlab.design.realise import gerchberg_saxton, realise, smooth_random_phases
+from onnlab.design.gs import gerchberg_saxton, smooth_random_phases
+from onnlab.design.realise import realise
 from onnlab.optics import Grid, OpticsConfig, cauchy_index, psfs_from_phases
 from onnlab.optics.materials import Material
 
