@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+METRIC_NAMES = {"miou": "mIoU", "accuracy": "accuracy"}
+
 
 def plot_curves(history: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Train/val loss and the validation metric (in %) per epoch, as a PNG (matplotlib Agg).
@@ -17,6 +19,7 @@ def plot_curves(history: dict[str, Any], path: str | Path, title: str = "") -> P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = history.get("epochs", [])
     metric = history.get("metric", "accuracy")
@@ -31,9 +34,12 @@ def plot_curves(history: dict[str, Any], path: str | Path, title: str = "") -> P
         if best is not None:
             ax_metric.axvline(best, color="0.5", ls=":", lw=1, label=f"kept: epoch {best}")
             ax_metric.legend(fontsize=8)
-    ax_metric.set_ylabel(f"validation {metric} (%)")
+    ax_metric.set_ylabel(f"validation {METRIC_NAMES.get(metric, metric)} (%)")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss (nats; segmentation: BCE + Dice)")
+    task_loss = "BCE + soft Dice" if metric == "miou" else "cross-entropy, nats"
+    ax_loss.set_ylabel(f"loss ({task_loss}; train adds KD/NTKD terms)", fontsize=9)
+    for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.legend(fontsize=8)
     ax_metric.set_xlabel("epoch")
     ax_metric.grid(alpha=0.3)
