@@ -94,7 +94,8 @@ def smooth_random_phases(
     generator: torch.Generator,
     cycles: float = 1.5,
 ) -> torch.Tensor:
-    """(K, N, N) random smooth phases that spread light over the kernel window.
+    """(K, N, N) random smooth phases that spread light over the kernel window (the same
+    construction as `PhaseMaskFrontend`'s initial phase, drawn from a given generator).
 
     A low-pass Gaussian random field (~`cycles` undulations across the sub-aperture) scaled so
     that the RMS ray deflection (lambda0 f / 2 pi) |grad phi| is a quarter of the window side:

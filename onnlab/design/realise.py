@@ -55,7 +55,7 @@ import torch
 
 from onnlab.design.gs import gerchberg_saxton, smooth_random_phases
 from onnlab.models.phase_frontend import OVERSAMPLE
-from onnlab.optics.grid import Grid, check_fraunhofer
+from onnlab.models.phase_frontend import check_sampling as check_phase_samples
 from onnlab.optics.layout import OpticsConfig
 from onnlab.optics.psf import RefractiveIndex, psfs_from_phases
 
@@ -130,20 +130,18 @@ def default_n_phase(config: OpticsConfig, margin: float = 3.0) -> int:
 
 
 def check_sampling(config: OpticsConfig, n_phase: int) -> None:
-    """ValueError naming n_phase when N samples per sub-aperture would alias the PSF window."""
-    if not isinstance(n_phase, int) or n_phase < 2:
-        raise ValueError(f"n_phase must be an integer >= 2, got {n_phase!r}")
-    grid = Grid.covering(config.kernel_size_m, n_phase)
-    for lam in config.wavelengths_m:
-        try:
-            check_fraunhofer(grid, lam, config.focal_length_m, out_extent_m=config.kernel_extent_m)
-        except ValueError as exc:
-            need = math.ceil(
-                config.kernel_size_m * config.kernel_extent_m / (lam * config.focal_length_m)
-            )
-            raise ValueError(
-                f"n_phase={n_phase} undersamples the optics (use n_phase >= {need}): {exc}"
-            ) from exc
+    """ValueError naming n_phase when N samples per sub-aperture would alias the PSF window
+    (the phase frontend's Fraunhofer checks, plus the smallest N that passes them)."""
+    try:
+        check_phase_samples(config, n_phase)
+    except ValueError as exc:
+        lam = min(config.wavelengths_m)
+        need = math.ceil(
+            config.kernel_size_m * config.kernel_extent_m / (lam * config.focal_length_m)
+        )
+        raise ValueError(
+            f"n_phase={n_phase!r} undersamples the optics (use n_phase >= {need}): {exc}"
+        ) from exc
 
 
 def resolve_index(material: Any) -> RefractiveIndex | None:
