@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "onnlab.commands.capture",
     "onnlab.commands.finetune",
     "onnlab.commands.bench",
+    "onnlab.commands.design",
     "onnlab.commands.sweep",
 )
 
