@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ToyCNN, ToyHybrid, rel_err
+from ntk_toys import ToyCNN, ToyHybrid, rel_err
 
 from onnlab.distill.anchors import AnchorPool, select_anchors
 from onnlab.distill.losses import ntkd_loss

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ToyCNN, ToyHybrid
+from ntk_toys import ToyCNN, ToyHybrid
 from torch import nn
 
 from onnlab.distill.losses import ntkd_loss
