@@ -55,6 +55,15 @@ def make_run_dir(kind: str, root: Path | None = None) -> Path:
     return path
 
 
+def run_dir_at(out: str | Path | None, kind: str) -> Path:
+    """`--out DIR` (created if needed, reused if present) or a fresh run folder of `kind`."""
+    if out is None:
+        return make_run_dir(kind)
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def holds_results(path: Path) -> bool:
     """Whether a run folder holds anything worth keeping (beyond its config and temp files)."""
     return any(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from onnlab.commands.options import json_option, seed0_option
+from onnlab.commands.options import json_option, out_option, seed0_option
 
 BENCHMARKS: dict[str, str] = {
     "optics": "frontend forward+backward throughput: direct vs FFT vs naive loop",
@@ -47,10 +47,18 @@ def register(app: typer.Typer) -> None:
             dir_okay=False,
             help="Student checkpoint to benchmark (design only; default: train one).",
         ),
+        opts: list[str] = typer.Option(
+            [],
+            "--opt",
+            metavar="KEY=VALUE",
+            help="Estimate benchmark setting, e.g. task=cifar10 (estimate only; repeatable).",
+            show_default=False,
+        ),
+        out: Path | None = out_option(),
     ) -> None:
         """Run a benchmark and print its JSON result (also saved under runs/)."""
         from onnlab.errors import ConfigError
-        from onnlab.runtime import make_run_dir, to_jsonable, write_json
+        from onnlab.runtime import run_dir_at, to_jsonable, write_json
 
         name = name.value  # type: ignore[assignment]
         seed = seed0
@@ -59,8 +67,17 @@ def register(app: typer.Typer) -> None:
             if name != "design":
                 raise ConfigError(f"--checkpoint applies to `bench design` only, not {name}")
             extra["checkpoint"] = checkpoint
+        if opts:
+            if name != "estimate":
+                raise ConfigError(f"--opt applies to `bench estimate` only, not {name}")
+            from onnlab.bench.estimate import parse_options
+
+            try:
+                extra.update(parse_options(opts))
+            except ValueError as exc:
+                raise ConfigError(f"--opt: {exc}") from exc
         result = import_module(f"onnlab.bench.{name}").run(quick=quick, seed=seed, **extra)
-        run_dir = make_run_dir(f"bench-{name}")
+        run_dir = run_dir_at(out, f"bench-{name}")
         write_json(run_dir / "result.json", result)
         text = json.dumps(to_jsonable(result), indent=2)
         if as_json:

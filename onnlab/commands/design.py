@@ -38,12 +38,9 @@ MATERIAL_HELP = (
 
 
 def _run_dir(out: Path | None, kind: str) -> Path:
-    from onnlab.runtime import make_run_dir
+    from onnlab.runtime import run_dir_at
 
-    if out is None:
-        return make_run_dir(kind)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return run_dir_at(out, kind)
 
 
 def _material(text: str | None) -> Any:

@@ -20,6 +20,7 @@ from onnlab.commands.options import (
     check_data,
     data_root_option,
     json_option,
+    out_option,
     seed0_option,
     task_option,
 )
@@ -67,33 +68,6 @@ def _splits(task: str, data_root: Path | None, seed: int, n_train: int, n_val: i
         ds = load_dataset(task, split, data_root, seed=seed, limit=limit)
         out.append(Split(ds.images, ds.targets))
     return out
-
-
-def _plot_sweep(rows: list[dict], infinite: float, metric: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ks = [r["n_kernels"] for r in rows]
-    scores = [r["predicted"] for r in rows]
-    errs = [r.get("stderr") or 0.0 for r in rows]
-    areas = [r["aperture_mm"][0] * r["aperture_mm"][1] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, xs, label in ((axes[0], ks, "kernels K"), (axes[1], areas, "aperture area (mm²)")):
-        ax.errorbar(xs, scores, yerr=errs, fmt="o-", capsize=3, label="K random PSFs + readout")
-        ax.axhline(infinite, ls="--", color="k", label="K → ∞ (NTK)")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"predicted test {metric} (%)")
-        ax.grid(alpha=0.3)
-    for r in rows:
-        axes[0].annotate(f"{r['rows']}x{r['cols']}", (r["n_kernels"], r["predicted"]), fontsize=7)
-    axes[0].legend(loc="lower right")
-    fig.suptitle("Predicted accuracy vs frontend size (kernel regression with the NTK)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _stderr(p) -> float | None:
@@ -180,6 +154,7 @@ def register(app: typer.Typer) -> None:
         seed0: int = seed0_option("Seed of the data split and the random PSFs."),
         sweep: bool = typer.Option(False, help="Also sweep the aperture size; writes a PNG."),
         as_json: bool = json_option(),
+        out: Path | None = out_option(),
     ) -> None:
         """Predict the accuracy of a frontend design (and of infinitely many kernels)."""
         seed = seed0
@@ -198,7 +173,7 @@ def register(app: typer.Typer) -> None:
 
         from onnlab.estimate.design import design_network
         from onnlab.estimate.estimator import Estimator
-        from onnlab.runtime import make_run_dir, write_json
+        from onnlab.runtime import run_dir_at, write_json
 
         start = time.perf_counter()
         say = (lambda msg: None) if as_json else typer.echo
@@ -239,7 +214,7 @@ def register(app: typer.Typer) -> None:
         say(f"  infinitely many kernels (NTK limit): {100 * inf.score:.2f} % ({inf.time_s:.1f} s)")
         if _stderr(this) is not None:
             say(f"  (test standard error {_stderr(this):.1f} points)")
-        run_dir = make_run_dir("estimate")
+        run_dir = run_dir_at(out, "estimate")
         summary: dict = {
             "design": design.as_dict(),
             "aperture_mm": list(aperture_mm),
@@ -270,7 +245,18 @@ def register(app: typer.Typer) -> None:
                     "that are noise)"
                 )
             png = run_dir / "sweep.png"
-            _plot_sweep(rows, 100 * inf.score, metric, png)
+            from onnlab.estimate.plots import plot_sweep
+
+            plot_sweep(
+                rows,
+                100 * inf.score,
+                metric,
+                png,
+                task=task,
+                seed=seed,
+                n_train=len(train.images),
+                n_test=len(test.images),
+            )
             summary["sweep"] = rows
             summary["sweep_png"] = str(png)
         summary["total_time_s"] = time.perf_counter() - start
