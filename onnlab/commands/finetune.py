@@ -19,7 +19,6 @@ from onnlab.commands.options import (
     data_root_option,
     json_option,
     progress_option,
-    seed0_option,
     task_option,
 )
 
@@ -87,19 +86,26 @@ def register(app: typer.Typer) -> None:
             metavar="INT",
             help="Fine-tuning epochs (default: the experiment's).",
         ),
-        seed0: int = seed0_option("Seed of training, the captured subset and fine-tuning."),
         fabrication_seeds: int = typer.Option(
             1,
+            "--seeds",
             "--fabrication-seeds",
             min=1,
             metavar="INT",
-            help="Number of simulated fabrications (mean ± std over them).",
+            help="Number of simulated fabrications, seeds seed0, seed0+1, ... (mean ± std).",
         ),
         fabrication_seed0: int = typer.Option(
             0,
+            "--seed0",
             "--fabrication-seed0",
             metavar="INT",
             help="Seed of the first simulated fabrication's hidden errors.",
+        ),
+        seed0: int = typer.Option(
+            0,
+            "--train-seed",
+            metavar="INT",
+            help="Seed of training, the captured subset and fine-tuning.",
         ),
         data_root: Path | None = data_root_option(),
         tiny: bool = typer.Option(False, "--tiny", help="Run the seconds-long variant (tests)."),

@@ -240,7 +240,7 @@ def run_sim(opts: SimOptions) -> dict[str, Any]:
 
     started, cpu_started = time.perf_counter(), time.process_time()
     if opts.n_fabrications < 1:
-        raise UsageError(f"--fabrication-seeds must be >= 1, got {opts.n_fabrications}")
+        raise UsageError(f"--seeds (fabrications) must be >= 1, got {opts.n_fabrications}")
     if opts.epochs is not None and opts.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {opts.epochs}")
     cfg = load_experiment(opts.task, opts.experiment, tiny=opts.tiny)

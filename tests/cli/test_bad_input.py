@@ -113,7 +113,7 @@ def test_unknown_loss_option_is_one_line(teacher_ckpt, cli) -> None:
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
-        (["finetune", "--sim", "--fabrication-seeds", "0"], "--fabrication-seeds"),
+        (["finetune", "--sim", "--seeds", "0"], "--seeds"),
         (["finetune", "--sim", "--epochs", "0"], "--epochs"),
         (["train", "--task", "mnist", "--epochs", "0"], "--epochs"),
         (["train", "--task", "mnist", "--seeds", "0"], "--seeds"),
@@ -135,7 +135,6 @@ def test_out_of_range_values_fail_at_parse_time(argv, flag, cli) -> None:
 @pytest.mark.parametrize(
     ("argv", "old"),
     [
-        (["finetune", "--sim", "--seeds", "0"], "--seeds"),
         (["finetune", "--sim", "--run-dir", "x"], "--run-dir"),
         (["capture", "--dataset", "mnist"], "--dataset"),
         (["calibrate", "--sim", "--device", "slm0"], "--device"),
