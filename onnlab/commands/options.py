@@ -122,6 +122,30 @@ def out_option(what: str = "a fresh folder under runs/") -> Any:
     )
 
 
+def limit_option() -> Any:
+    """`--limit N`: at most N training images (default: all)."""
+    return typer.Option(
+        None,
+        "--limit",
+        min=1,
+        metavar="INT",
+        show_default="all",
+        help="Use at most this many training images.",
+    )
+
+
+def eval_limit_option() -> Any:
+    """`--eval-limit N`: at most N validation and test images (default: all)."""
+    return typer.Option(
+        None,
+        "--eval-limit",
+        min=1,
+        metavar="INT",
+        show_default="all",
+        help="Use at most this many validation and test images.",
+    )
+
+
 def seed0_option(help: str = "First (or only) seed.") -> Any:
     return typer.Option(0, "--seed0", metavar="INT", help=help)
 

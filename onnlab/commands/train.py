@@ -19,6 +19,8 @@ from onnlab.commands.options import (
     choices,
     data_root_option,
     device_option,
+    eval_limit_option,
+    limit_option,
     out_option,
     progress_option,
     seed0_option,
@@ -145,20 +147,8 @@ def teacher_train(
     ),
     seed0: int = seed0_option("Seed of the initialisation, the train/val split and batches."),
     data_root: Path | None = data_root_option(),
-    limit: int | None = typer.Option(
-        None,
-        min=1,
-        metavar="INT",
-        show_default="all",
-        help="Use at most this many training images.",
-    ),
-    eval_limit: int | None = typer.Option(
-        None,
-        min=1,
-        metavar="INT",
-        show_default="all",
-        help="Use at most this many validation and test images.",
-    ),
+    limit: int | None = limit_option(),
+    eval_limit: int | None = eval_limit_option(),
     out: Path | None = out_option(),
     device: str = device_option(),
     register: bool | None = typer.Option(
@@ -266,20 +256,8 @@ def train_command(
         [], metavar="KEY=VALUE", help="Further loss option, e.g. ntk_batch=32 (repeatable)."
     ),
     data_root: Path | None = data_root_option(),
-    limit: int | None = typer.Option(
-        None,
-        min=1,
-        metavar="INT",
-        show_default="all",
-        help="Use at most this many training images.",
-    ),
-    eval_limit: int | None = typer.Option(
-        None,
-        min=1,
-        metavar="INT",
-        show_default="all",
-        help="Use at most this many validation and test images.",
-    ),
+    limit: int | None = limit_option(),
+    eval_limit: int | None = eval_limit_option(),
     pseudo_negative: bool = typer.Option(
         False, help="Use pseudo-negative PSF pairs (signed kernels from two PSFs)."
     ),
