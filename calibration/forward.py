@@ -2,12 +2,15 @@
 
 One differentiable chain serves three purposes: the PSF deconvolution (linear in the PSFs),
 the geometry refinement (differentiable in shift/rotation/scale) and the digital twin
-(`calibration.twin`). It mirrors the physics the bench implements (see
-`drivers.sim.model` for the formulas a simulated bench uses; a real bench obeys the same
-physics): display response → display-to-optic misalignment (`onnlab.optics.misalign`) →
+(`calibration.twin`). It is a deliberately simpler model than any bench (real or simulated,
+whose model calibration never imports): display response → display-to-optic misalignment
+(`onnlab.optics.misalign`) →
 `optical_conv2d` with effective PSFs → row-major tiles (`tile_onto_sensor`) on a canvas
 placed at ``origin_px`` of the camera frame → similarity registration about the frame centre,
 rendered by bilinear resampling → DN = offset + gain · electrons_per_unit · exposure · signal.
+What it cannot represent (light beyond the kernel window, a broad background) is learned as
+window PSFs and background maps (`calibration.fitting.leakage`) and reported as the fraction
+of the captured signal left unexplained.
 """
 
 from __future__ import annotations
@@ -160,20 +163,37 @@ class ForwardModel:
         self.geometry = geometry
         self._grid = warp_grid(geometry, self.tiles.camera_hw)
 
-    def features(self, intensity: torch.Tensor, psfs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) display intensity → (B, K, H, W) effective features."""
+    def features(
+        self, intensity: torch.Tensor, psfs: torch.Tensor, *, full: bool = False
+    ) -> torch.Tensor:
+        """(B, C, H, W) display intensity → (B, K, H, W) effective features; ``full=True``:
+        the full convolution (B, K, H + 2r, W + 2r), r = W_psf // 2, i.e. including the light
+        a PSF window larger than the kernel throws beyond the tile (leakage)."""
         g = self.geometry
         x = misalign(intensity, g.image_shift.to(intensity), g.image_rotation.to(intensity))
+        if full:
+            r = int(psfs.shape[-1]) // 2
+            x = F.pad(x, (r, r, r, r))
         return optical_conv2d(x, psfs.to(x), method=self.method)
 
     def canvas(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, K, H, W) → (B, Hcam, Wcam) nominal (unregistered) camera canvas."""
+        """(B, K, H, W) → (B, Hcam, Wcam) nominal (unregistered) camera canvas. Features
+        larger than the tile by r px on each side (``features(full=True)``) are added around
+        their tile, so leaked light lands in the gap and on the neighbouring tiles."""
         t = self.tiles
-        canvas = tile_onto_sensor(features, t.rows, t.cols, t.gap_px)
-        oy, ox = t.origin_px
-        ch, cw = t.canvas_hw
+        h, w = t.image_hw
+        r = (int(features.shape[-2]) - h) // 2
+        if r <= 0:
+            canvas = tile_onto_sensor(features, t.rows, t.cols, t.gap_px)
+            oy, ox = t.origin_px
+            ch, cw = t.canvas_hw
+            hh, ww = t.camera_hw
+            return F.pad(canvas, (ox, ww - cw - ox, oy, hh - ch - oy))
         hh, ww = t.camera_hw
-        return F.pad(canvas, (ox, ww - cw - ox, oy, hh - ch - oy))
+        canvas = features.new_zeros(features.shape[0], hh + 2 * r, ww + 2 * r)
+        for k, (oy, ox) in enumerate(t.tile_origins_px().astype(int)):
+            canvas[:, oy : oy + h + 2 * r, ox : ox + w + 2 * r] += features[:, k]
+        return canvas[:, r : r + hh, r : r + ww]
 
     def register(self, canvas: torch.Tensor) -> torch.Tensor:
         """Resample the canvas at the registered camera pixels (bilinear, zeros outside)."""
@@ -183,9 +203,12 @@ class ForwardModel:
         )
         return out[:, 0]
 
-    def signal(self, intensity: torch.Tensor, psfs: torch.Tensor) -> torch.Tensor:
-        """Full chain: (B, C, H, W) intensity → (B, Hcam, Wcam) camera signal."""
-        return self.register(self.canvas(self.features(intensity, psfs)))
+    def signal(
+        self, intensity: torch.Tensor, psfs: torch.Tensor, *, full: bool = False
+    ) -> torch.Tensor:
+        """Full chain: (B, C, H, W) intensity → (B, Hcam, Wcam) camera signal (``full``: see
+        `features`)."""
+        return self.register(self.canvas(self.features(intensity, psfs, full=full)))
 
     def tile_grid(self) -> torch.Tensor:
         """grid (1, K·H, W, 2) sampling the camera frame at every tile pixel's registered

@@ -359,7 +359,7 @@ STEP_ARRAYS: dict[str, tuple[str, ...]] = {
     "response": ("response_levels", "response_measured"),
     "focus": ("focus_positions_m", "focus_metric"),
     "registration": ("fiducials_measured_yx", "fiducials_predicted_yx"),
-    "psf": ("psf_residual_map_dn",),
+    "psf": ("psf_residual_map_dn", "psfs_window", "background_maps"),
 }
 
 
@@ -370,7 +370,13 @@ def _step_values(name: str, r: StepResult) -> dict[str, float]:
         "response": (),
         "focus": ("position_m", "contrast"),
         "registration": ("blob_width_ratio",),
-        "psf": ("exposure_s", "rel_residual", "sharpness_ratio"),
+        "psf": (
+            "exposure_s",
+            "rel_residual",
+            "sharpness_ratio",
+            "unexplained_fraction",
+            "margin_px",
+        ),
     }[name]
     out = {key: float(getattr(r, key)) for key in keys}
     if name == "response":
@@ -388,4 +394,9 @@ def _step_arrays(name: str, r: Any) -> dict[str, np.ndarray]:
         return {"focus_positions_m": r.positions_m, "focus_metric": r.metric}
     if name == "registration":
         return {"fiducials_measured_yx": r.measured_yx, "fiducials_predicted_yx": r.predicted_yx}
-    return {"psf_residual_map_dn": r.residual_map}
+    out = {"psf_residual_map_dn": r.residual_map}
+    if getattr(r, "window_psfs", None) is not None:  # leakage model (window PSFs, background)
+        out["psfs_window"] = np.asarray(r.window_psfs)
+        if r.background is not None:
+            out["background_maps"] = np.asarray(r.background)
+    return out

@@ -62,6 +62,19 @@ class DigitalTwin:
         self.model = ForwardModel(self.tiles, geom)
         self.model._grid = self.model._grid.to(self.device, dtype)
         self.psfs = torch.as_tensor(artifact.psfs, dtype=dtype, device=self.device)
+        # Leakage model, when the psf step learned one: PSFs on a window wider than the kernel
+        # (light in the gap and on neighbouring tiles) and a broad background per channel.
+        arrays = artifact.arrays
+        self.window_psfs = (
+            torch.as_tensor(arrays["psfs_window"], dtype=dtype, device=self.device)
+            if "psfs_window" in arrays
+            else None
+        )
+        self.background = (
+            torch.as_tensor(arrays["background_maps"], dtype=dtype, device=self.device)
+            if "background_maps" in arrays
+            else None
+        )
         self.alpha = torch.as_tensor(artifact.alpha, dtype=dtype, device=self.device)
         self.lut = torch.as_tensor(artifact.response_lut, dtype=dtype, device=self.device)
         self._tile_grid = self.model.tile_grid().to(self.device, dtype)
@@ -126,9 +139,16 @@ class DigitalTwin:
             return self.model.features(self.intensity(images), self.psfs)
 
     def signal(self, images: Any) -> torch.Tensor:
-        """Expected camera irradiance in feature units (B, Hc, Wc), noise-free."""
+        """Expected camera irradiance in feature units (B, Hc, Wc), noise-free (with the
+        learned leakage and background when the artifact has them)."""
         with _small_work(self._elements(images)):
-            return self.model.register(self.model.canvas(self.features(images)))
+            if self.window_psfs is None:
+                return self.model.register(self.model.canvas(self.features(images)))
+            x = self.intensity(images)
+            out = self.model.signal(x, self.window_psfs, full=True)
+            if self.background is not None:
+                out = out + torch.einsum("nc,chw->nhw", x.sum(dim=(-2, -1)), self.background)
+            return out
 
     def _elements(self, images: Any) -> int:
         b = len(images) if hasattr(images, "__len__") else 1

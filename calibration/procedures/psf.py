@@ -31,6 +31,12 @@ import torch
 from scipy.ndimage import laplace
 
 from calibration.fitting.deconv import PSFSolve, solve_psfs_map
+from calibration.fitting.leakage import (
+    background_basis,
+    background_signal,
+    refine_window,
+    unexplained_fraction,
+)
 from calibration.forward import ForwardModel, psf_normal_equations
 from calibration.procedures.base import BenchContext, StepResult, with_single_thread
 from calibration.procedures.geometry import composite_offset, refine_geometry_varpro
@@ -55,6 +61,11 @@ class PSFResult(StepResult):
     iterations: int
     width_ratio: float  # RMS width measured / design (≫ 1: defocused)
     sharpness_ratio: float  # median core Laplacian energy measured / design (≪ 1: defocused)
+    # Leakage model (`calibration.fitting.leakage`): margin 0 = kernel window only.
+    margin_px: int = 0
+    window_psfs: torch.Tensor | None = None  # (K, C, k + 2 margin, same), effective
+    background: np.ndarray | None = None  # (C, H, W) feature units per unit channel sum
+    unexplained_fraction: float = 0.0  # of the captured signal power, beyond noise
 
 
 def _rms_width(psfs: torch.Tensor) -> float:
@@ -108,6 +119,9 @@ def measure_psfs(
     refine_frames: int = 25,
     max_width_ratio: float = 1.35,
     min_sharpness_ratio: float = 0.5,
+    margin_px: int | None = None,
+    leak_chi: float = 1.5,
+    window_prior_rel_std: float | None = None,
 ) -> PSFResult:
     """Capture, solve, check; updates only ``ctx.geometry`` (refined by the tile edges).
 
@@ -115,6 +129,15 @@ def measure_psfs(
     registration), when frames saturate, when the fit leaves far more than noise (residual >
     3: stray light, wrong registration, moving optics), or when the PSFs are much wider or
     smoother than the design's (defocused: run the focus step).
+
+    Leakage: ``margin_px`` > 0 also fits each PSF on a window ``margin_px`` wider on every side
+    (light in the gap and on neighbouring tiles) plus a broad background
+    (`calibration.fitting.leakage`); None (auto) does so with the tile gap as margin when the
+    kernel-window fit leaves more than ``leak_chi`` times the noise. The kernel-window PSFs
+    (``psfs``) are then the centre of the window PSFs. The window fit has no design prior by
+    default (``window_prior_rel_std``): an as-built optic that needs a leakage model differs
+    from its design by more than the prior allows (shifted foci, scattered light), and the
+    window's many frames per unknown make plain non-negative least squares well posed.
     """
     if method not in ("random", "points"):
         raise ValueError(f"method: expected 'random' or 'points', got {method!r}")
@@ -196,6 +219,26 @@ def measure_psfs(
     with torch.no_grad():
         resid = (fm.signal(x, psfs) - y).numpy() * dn_per_unit
     chi = float(np.sqrt(np.mean(resid**2 / var_dn)))
+    margin = int(margin_px) if margin_px is not None else 0
+    if margin_px is None and chi > leak_chi and method == "random":
+        margin = int(ctx.tiles.gap_px)
+    window = background = None
+    if margin > 0:
+        ctx.report("psf: leakage and background", 0.95)
+        window, bg, _ = refine_window(
+            fm, x, y, wts, psfs, design, margin, prior_rel_std=window_prior_rel_std
+        )
+        ctx.geometry = fm.geometry
+        ctx.composite_offset = composite_offset(fm.geometry)
+        with torch.no_grad():
+            pred = fm.signal(x, window, full=True) + background_signal(background_basis(x), bg)
+        resid = (pred - y).numpy() * dn_per_unit
+        chi = float(np.sqrt(np.mean(resid**2 / var_dn)))
+        psfs = window[..., margin : margin + k, margin : margin + k].contiguous()
+        background = None if bg is None else bg.numpy()
+    unexplained = unexplained_fraction(
+        torch.from_numpy(resid), torch.from_numpy(y_dn), torch.from_numpy(var_dn)
+    )
     if chi > 3.0:
         raise CalibrationError(
             f"psf: fit residual is {chi:.1f}x the camera noise; re-run registration and focus, "
@@ -203,7 +246,11 @@ def measure_psfs(
         )
     width, sharp = _check_shape(psfs, design, max_width_ratio, min_sharpness_ratio)
     if ctx.electrons_per_unit is None:  # relative radiometry: mean alpha = 1
-        psfs = psfs * (design.sum() / psfs.sum().clamp_min(1e-30))
+        scale = design.sum() / psfs.sum().clamp_min(1e-30)
+        psfs = psfs * scale
+        if window is not None:
+            window = window * scale
+            background = None if background is None else background * float(scale)
     alpha = (psfs.sum((1, 2, 3)) / design.sum((1, 2, 3)).clamp_min(1e-30)).numpy()
     if (alpha < 0.05).any():
         raise CalibrationError(
@@ -223,4 +270,8 @@ def measure_psfs(
         iterations=sol.iterations,
         width_ratio=width,
         sharpness_ratio=sharp,
+        margin_px=margin,
+        window_psfs=None if window is None else window.float(),
+        background=background,
+        unexplained_fraction=unexplained,
     )

@@ -16,6 +16,19 @@ this benchmark does, to score what calibration recovered:
 
 Goals at the default simulated noise: PSF ≤ 3 %, registration ≤ 0.1 px, gain ≤ 1 %, twin
 fidelity ≤ 1.2. Default: three fabrication seeds, worst case reported at top level; quick: one.
+
+The PHYSICAL bench (``sim.model: physical`` in the bench config, or ``run(model="physical")``)
+renders through the wave model of the as-built optic, which calibration does not share. Its
+PSFs spread beyond the kernel window, and without a tile edge that crops them a camera offset,
+a display shift and a shift of every PSF move the light identically: the registration and the
+PSFs are only defined together. So, for that bench, ``psf_rel_error`` compares what they
+predict together -- the camera image of single lit display pixels (3 x 3 positions per panel,
+black frame subtracted, feature units), twin against the bench's noise-free truth, which
+includes leakage, crosstalk and the zero-order background -- and ``registration_error_px`` is
+the RMS distance between the centroids of those point images (where a display pixel lands on
+the camera). The parameter-space numbers are kept as ``psf_rel_error_kernel_window`` and
+``registration_error_params_px``. ``unexplained_fraction`` is the fraction of the captured
+signal power the calibrated model leaves beyond noise (psf step).
 """
 
 from __future__ import annotations
@@ -72,15 +85,69 @@ def _fidelity(bench: Any, twin: Any, images: torch.Tensor) -> tuple[float, float
     )
 
 
-def evaluate_one(seed: int, quick: bool, points: bool = False) -> dict[str, Any]:
-    """Build the sim bench of configs/bench/sim.yaml with ``seed``, calibrate, score."""
+def _point_images(channels: int, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Black frame first, then one lit pixel (all channels) at 3 x 3 panel positions."""
+    h, w = image_hw
+    ys, xs = (3, h // 2, h - 4), (3, w // 2, w - 4)
+    imgs = torch.zeros(1 + len(ys) * len(xs), channels, h, w)
+    for i, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        imgs[1 + i, :, y, x] = 1.0
+    return imgs
+
+
+def _centroids(maps: np.ndarray, peaks: np.ndarray, radius: int = 4) -> np.ndarray:
+    """Centroids (y, x) of ``maps`` (H, W) in windows around ``peaks`` (M, 2)."""
+    out = []
+    for py, px in peaks:
+        y0, x0 = max(py - radius, 0), max(px - radius, 0)
+        win = np.clip(maps[y0 : py + radius + 1, x0 : px + radius + 1], 0, None)
+        yy, xx = np.indices(win.shape)
+        tot = max(float(win.sum()), 1e-30)
+        out.append([y0 + (win * yy).sum() / tot, x0 + (win * xx).sum() / tot])
+    return np.asarray(out)
+
+
+def _sensor_psf_scores(bench: Any, twin: Any) -> tuple[float, float]:
+    """(relative error of the point images, RMS centroid distance in px): twin vs truth."""
+    imgs = _point_images(bench.channels, bench.image_hw)
+    grey = torch.round(imgs * 255).to(torch.uint8)
+    truth = bench.renderer.signal(grey, bench.stage.position_m).double()
+    pred = twin.signal(imgs).double()
+    truth, pred = truth[1:] - truth[:1], pred[1:] - pred[:1]
+    rel = float((pred - truth).norm() / truth.norm())
+    boxes = bench.truth.tile_centers_px()
+    h, w = bench.image_hw
+    dist = []
+    for t_map, p_map in zip(truth.numpy(), pred.numpy(), strict=True):
+        peaks = []
+        for cy, cx in boxes:  # the brightest pixel of each tile (its point image)
+            y0, y1 = int(cy - h / 2), int(cy + h / 2) + 1
+            x0, x1 = int(cx - w / 2), int(cx + w / 2) + 1
+            sub = t_map[max(y0, 0) : y1, max(x0, 0) : x1]
+            iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
+            peaks.append((max(y0, 0) + iy, max(x0, 0) + ix))
+        peaks_a = np.asarray(peaks)
+        d = _centroids(p_map, peaks_a) - _centroids(t_map, peaks_a)
+        dist.append((d**2).sum(1))
+    return rel, float(np.sqrt(np.mean(np.concatenate(dist))))
+
+
+def evaluate_one(
+    seed: int, quick: bool, points: bool = False, model: str | None = None
+) -> dict[str, Any]:
+    """Build the sim bench of configs/bench/sim.yaml with ``seed`` (and ``model``, default
+    the config's), calibrate, score."""
     from calibration.runner import CalibrationOptions, run_calibration
     from calibration.setup import setup_from_devices
     from calibration.twin import DigitalTwin
     from drivers.registry import default_config_path, load_bench_config, open_devices
 
     cfg = load_bench_config(default_config_path())
-    cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"seed": int(seed)})})
+    update: dict[str, Any] = {"seed": int(seed)}
+    if model is not None:
+        update["model"] = model
+    cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update=update)})
+    physical = cfg.sim.model == "physical"
     options = CalibrationOptions.quick() if quick else CalibrationOptions()
     with open_devices(cfg) as devices:
         bench = devices.sim_bench
@@ -102,12 +169,23 @@ def evaluate_one(seed: int, quick: bool, points: bool = False) -> dict[str, Any]
                 16 if quick else 48, bench.channels, bench.image_hw, seed
             ).items()
         }
+        kernel_err = float((meas - true_psfs).norm() / true_psfs.norm())
+        reg_params = _registration_error(art, truth)
+        sensor_err, sensor_reg = _sensor_psf_scores(bench, twin)
+        psf_values = art.meta.steps["psf"].values if "psf" in art.meta.steps else {}
         out: dict[str, Any] = {
             "seed": int(seed),
-            "psf_rel_error": float((meas - true_psfs).norm() / true_psfs.norm()),
+            "model": cfg.sim.model,
+            "psf_rel_error": sensor_err if physical else kernel_err,
+            "psf_rel_error_kernel_window": kernel_err,
+            "psf_rel_error_sensor": sensor_err,
             "psf_rel_error_worst_kernel": float(per_k.max()),
+            "unexplained_fraction": float(psf_values.get("unexplained_fraction", float("nan"))),
+            "leakage_margin_px": int(psf_values.get("margin_px", 0)),
             "alpha_rel_error": float((torch.as_tensor(art.alpha) / true_alpha - 1).abs().max()),
-            "registration_error_px": _registration_error(art, truth),
+            "registration_error_px": sensor_reg if physical else reg_params,
+            "registration_error_params_px": reg_params,
+            "registration_error_sensor_px": sensor_reg,
             "image_shift_error_px": float(
                 np.hypot(
                     *(
@@ -140,11 +218,15 @@ def evaluate_one(seed: int, quick: bool, points: bool = False) -> dict[str, Any]
     return out
 
 
-def run(quick: bool = False, seed: int = 0) -> dict:
-    """Calibrate 1 (quick) or 3 simulated fabrications; worst case at top level."""
+def run(quick: bool = False, seed: int = 0, model: str | None = None) -> dict:
+    """Calibrate 1 (quick) or 3 simulated fabrications; worst case at top level. ``model``:
+    "physical" or "legacy" (default: the bench config's ``sim.model``)."""
     t0 = time.perf_counter()
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
-    benches = [evaluate_one(s, quick, points=(not quick and i == 0)) for i, s in enumerate(seeds)]
+    benches = [
+        evaluate_one(s, quick, points=(not quick and i == 0), model=model)
+        for i, s in enumerate(seeds)
+    ]
     keys = (
         "psf_rel_error",
         "registration_error_px",
@@ -153,12 +235,14 @@ def run(quick: bool = False, seed: int = 0) -> dict:
         "read_noise_rel_error",
         "focus_error_um",
         "alpha_rel_error",
+        "unexplained_fraction",
     )
     result: dict[str, Any] = {k: max(b[k] for b in benches) for k in keys}
     result["seconds"] = float(np.mean([b["seconds"] for b in benches]))
     result["goals"] = GOALS
     result["pass"] = {k: result[k] <= v for k, v in GOALS.items()}
     result["quick"] = bool(quick)
+    result["model"] = benches[0]["model"]
     result["benches"] = benches
     result["wall_seconds"] = time.perf_counter() - t0
     return result

@@ -260,3 +260,88 @@ def test_display_latency_through_the_shared_state() -> None:
     state.show(b, "b", late=True)  # the panel still shows 'a' for one exposure
     assert state.expose()[1] == "a"
     assert state.expose()[1] == "b"
+
+
+# ----------------------------------------------------------------------------- physical bench
+def _physical(seed: int = 0, kernels: int = 4, **fab) -> SimulatedBench:
+    """A small physical bench (seeded phase design, as-built optic), ideal display, identity
+    registration, unit gain and (unless ``sensor`` is given) a noiseless sensor."""
+    from drivers.sim.bench import NOMINAL_FOCUS_M
+    from drivers.sim.physical import build_optic
+    from onnlab.optics import FabricationErrors as PixelErrors
+    from onnlab.optics.fabrication import FabricationErrors
+    from onnlab.optics.seeded_design import design_kernel_psfs, design_phases, sim_optics
+
+    sensor = fab.pop("sensor", NOISELESS)
+    optics = sim_optics("mnist")
+    phases = design_phases(optics, kernels, 32, seed)
+    optic = build_optic(
+        phases, optics, "SiO2", seed, FabricationErrors(**fab), nominal_focus_m=NOMINAL_FOCUS_M
+    )
+    return SimulatedBench(
+        design_kernel_psfs(phases, optics, "SiO2"),
+        (16, 16),
+        optic=optic,
+        errors=PixelErrors.identity(kernels, 1, 7),
+        display=DisplayResponse(1.0, 0.0),
+        registration=Registration(),
+        sensor=sensor,
+        seed=seed,
+    )
+
+
+def _point(y: int, x: int) -> torch.Tensor:
+    img = torch.zeros(1, 1, 16, 16)
+    img[0, 0, y, x] = 1.0
+    return img
+
+
+def test_physical_bench_renders_the_whole_window_and_leaks_into_the_gap() -> None:
+    bench = _physical(zero_order_fraction=0.0)
+    z = bench.stage.position_m
+    frame = bench.expected_dn(_point(8, 8))[0] / NOISELESS.full_scale_e
+    window = bench.truth.window_psfs_at(z)
+    kernel = bench.truth.psfs_at(z)
+    # every photon of every window lands on the sensor (noiseless, unit gain, no zero order)
+    assert abs(float(frame.sum()) - float(window.sum())) < 1e-4 * float(window.sum())
+    assert float(window.sum() - kernel.sum()) > 0.01 * float(window.sum())  # real leakage
+    # a pixel on the right edge of tile 0's panel: some light lands in the gap column
+    edge = bench.expected_dn(_point(8, 15))[0]
+    lay = bench.truth.layout
+    gap_x = lay.margin_px + 16  # first gap column right of tile 0
+    assert float(edge[:, gap_x].sum()) > 1e-3 * float(edge.sum())
+
+
+def test_physical_zero_order_is_a_background_proportional_to_its_fraction() -> None:
+    s = {
+        eta: _physical(zero_order_fraction=eta).expected_dn(_point(8, 8))[0]
+        for eta in (0, 0.05, 0.1)
+    }
+    z05 = (s[0.05] - 0.95 * s[0]) / 0.05
+    z10 = (s[0.1] - 0.9 * s[0]) / 0.1
+    # float32 frames, differences amplified 20x: agreement to 0.2 %
+    assert torch.allclose(z05, z10, rtol=2e-3, atol=2e-3 * float(z10.max()))
+    # broad: it reaches the sensor's corners, far from every tile's focused light
+    assert float(z10[0, 0]) > 1e-3 * float(z10.max())
+    assert abs(float(s[0][0, 0])) < 1e-5 * float(s[0].max())
+
+
+def test_physical_defocus_by_stage_spreads_light_out_of_the_kernel() -> None:
+    """The stage moves the sensor plane: far from focus the blur square D |dz| / f (60 um =
+    17 px at 300 um) is much wider than the 7 px kernel, on either side of focus."""
+    bench = _physical(zero_order_fraction=0.0)
+    best = bench.truth.focus.z_focus_m
+    inner = {dz: float(bench.truth.psfs_at(best + dz).sum()) for dz in (-300e-6, 0.0, 300e-6)}
+    assert inner[0.0] > 2 * inner[300e-6] and inner[0.0] > 2 * inner[-300e-6]
+
+
+def test_physical_frames_are_a_pure_function_of_what_is_shown() -> None:
+    """Noise on: the same images give the same frames in any order, on a fresh bench of the
+    same seed (a repeat of a pattern on the same bench is a new exposure, new noise)."""
+    imgs = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    a = [f.pixels for f in _physical(sensor=SensorModel()).render(imgs, [0, 1, 2])]
+    flipped = _physical(sensor=SensorModel()).render(imgs.flip(0), [2, 1, 0])
+    for x, y in zip(a, [f.pixels for f in flipped][::-1], strict=True):
+        np.testing.assert_array_equal(x, y)
+    other = _physical(seed=1, sensor=SensorModel())
+    assert not np.array_equal(other.render(imgs[:1], [0])[0].pixels, a[0])

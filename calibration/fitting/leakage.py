@@ -1,0 +1,321 @@
+"""PSFs measured in windows larger than the kernel (leakage, crosstalk) and a broad background.
+
+A real meta-optic does not keep its light inside the kernel window: scatter from height
+errors, quantisation orders and defocus put a few per cent of it into the gap and the
+neighbouring tiles, and unfocused (zero-order) light lands as a broad background. Calibration
+cannot model that physics (it never imports the simulator), so it *learns* it:
+
+* window PSFs: each kernel's PSF is fitted on W = k + 2 m pixels with the full convolution
+  (the image of kernel k extends W // 2 px beyond its tile, so neighbouring tiles' light
+  overlaps each box: crosstalk). The per-kernel normal equations are exact for each kernel's
+  own light; the neighbours' light enters through the residual (block Jacobi: every kernel
+  solves against the frame minus the others' current prediction), which converges quickly
+  because the overlap is a small fraction of each box;
+* background: the remaining residual regressed, per camera pixel, on each channel's total
+  displayed intensity (a broad, unfocused term is linear in the image and nearly independent
+  of where in the small panel the light comes from): B_c(y) with
+  background(y) = sum_c B_c(y) * sum(I_c).
+
+What both still leave is reported as ``unexplained_fraction`` (see `unexplained_fraction`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from calibration.fitting.deconv import solve_psfs_map
+from calibration.forward import ForwardModel, tile_boxes
+from onnlab.optics import misalign
+
+
+def window_boxes(model: ForwardModel, window_px: int) -> list[tuple[int, int, int, int]]:
+    """Camera boxes holding all of each kernel's light for a W-px PSF window."""
+    return tile_boxes(model, pad=1 + int(window_px) // 2)
+
+
+def _groups(model: ForwardModel, window_px: int) -> list[list[int]]:
+    """Tiles that can share one basis canvas: same (row, col) parity, so that no tile's
+    extended image reaches another's box (needs 2 pitches > tile + window + pad)."""
+    t = model.tiles
+    step = 2
+    h, w = t.image_hw
+    if min(h, w) + 2 * t.gap_px <= window_px + 4:  # tiny tiles: one tile per canvas
+        step = max(t.rows, t.cols) + 1
+    out: dict[tuple[int, int], list[int]] = {}
+    for k in range(t.n_kernels):
+        out.setdefault(((k // t.cols) % step, (k % t.cols) % step), []).append(k)
+    return list(out.values())
+
+
+def window_gram(
+    model: ForwardModel,
+    intensity: torch.Tensor,
+    window_px: int,
+    weights: torch.Tensor | None = None,
+    chunk: int = 16,
+    extra: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """Per-kernel Gram matrices G_k = A_kᵀ W A_k (K, n, n), n = C·W², of the full-support
+    model, the pixels used per kernel summed over frames, and A_kᵀ W extra (K, n, T) for
+    ``extra`` (N, T, H, W) right-hand sides (e.g. geometry derivatives), else None."""
+    t = model.tiles
+    n_c = intensity.shape[1]
+    wp = int(window_px)
+    r = wp // 2
+    n = n_c * wp * wp
+    boxes = window_boxes(model, wp)
+    gram = torch.zeros(t.n_kernels, n, n, dtype=torch.float64)
+    rhs_x = None if extra is None else torch.zeros(t.n_kernels, n, extra.shape[1])
+    rhs_x = None if rhs_x is None else rhs_x.to(torch.float64)
+    g = model.geometry
+    h, w = t.image_hw
+    origins = t.tile_origins_px().astype(int)
+    f32 = torch.float32
+    hh, ww = t.camera_hw
+    grid_full = model._grid.to(f32)
+    groups = _groups(model, wp)
+    step = max(1, min(chunk, 2048 // n))
+    with torch.no_grad():
+        for s in range(0, intensity.shape[0], step):
+            x = misalign(
+                intensity[s : s + step].to(f32), g.image_shift.to(f32), g.image_rotation.to(f32)
+            )
+            b = x.shape[0]
+            xp = F.pad(x, (2 * r, 2 * r, 2 * r, 2 * r))
+            shifted = torch.stack(
+                [
+                    xp[:, c, 2 * r - u : 2 * r - u + h + 2 * r, 2 * r - v : 2 * r - v + w + 2 * r]
+                    for c in range(n_c)
+                    for u in range(wp)
+                    for v in range(wp)
+                ]
+            ).reshape(n * b, h + 2 * r, w + 2 * r)
+            wt = None if weights is None else weights[s : s + step].to(f32)
+            for group in groups:
+                canvas = torch.zeros(n * b, hh + 2 * r, ww + 2 * r, dtype=f32)
+                for j in group:
+                    oy, ox = origins[j]
+                    canvas[:, oy : oy + h + 2 * r, ox : ox + w + 2 * r] += shifted
+                canvas = canvas[:, r : r + hh, r : r + ww]
+                a = F.grid_sample(
+                    canvas[:, None],
+                    grid_full.expand(n * b, -1, -1, -1),
+                    mode="bilinear",
+                    padding_mode="zeros",
+                    align_corners=False,
+                ).reshape(n, b, hh, ww)
+                for j in group:
+                    y0, y1, x0, x1 = boxes[j]
+                    ak = a[:, :, y0:y1, x0:x1].reshape(n, -1)
+                    wk = ak if wt is None else ak * wt[:, y0:y1, x0:x1].reshape(1, -1)
+                    gram[j] += (wk @ ak.T).to(torch.float64)
+                    if rhs_x is not None and extra is not None:
+                        ex = extra[s : s + step, :, y0:y1, x0:x1].to(f32)
+                        ex = ex.permute(0, 2, 3, 1).reshape(-1, ex.shape[1])
+                        rhs_x[j] += (wk @ ex).to(torch.float64)
+    per_kernel = int(np.mean([(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes]))
+    return gram, per_kernel * int(intensity.shape[0]), rhs_x
+
+
+def background_basis(intensity: torch.Tensor) -> torch.Tensor:
+    """(N, C) regressors of the broad background: each channel's total displayed intensity."""
+    return intensity.double().sum(dim=(-2, -1))
+
+
+def background_signal(basis: torch.Tensor, background: torch.Tensor | None) -> torch.Tensor | float:
+    """sum_c B_c(y) S_c for (N, C) regressors and (C, H, W) maps -> (N, H, W) (0 if none)."""
+    if background is None:
+        return 0.0
+    return torch.einsum("nc,chw->nhw", basis.to(background), background)
+
+
+def fit_background(
+    residual: torch.Tensor, basis: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Per-pixel weighted least squares of residual (N, H, W) on the regressors (N, C):
+    the background maps (C, H, W). Non-negative light: clamped at 0."""
+    r, s, wt = residual.double(), basis.double(), weights.double()
+    n_c = s.shape[1]
+    # normal equations per pixel: (C x C) sum_n w s s^T, (C) sum_n w s r
+    ata = torch.einsum("nhw,nc,nd->hwcd", wt, s, s)
+    atb = torch.einsum("nhw,nc,nhw->hwc", wt, s, r)
+    ridge = 1e-9 * ata.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
+    ata = ata + ridge[..., None, None] * torch.eye(n_c, dtype=ata.dtype)
+    sol = torch.linalg.solve(ata, atb[..., None])[..., 0]
+    return sol.permute(2, 0, 1).clamp_min(0)
+
+
+def solve_window_psfs(
+    model: ForwardModel,
+    intensity: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    start: torch.Tensor,
+    design: torch.Tensor,
+    margin_px: int,
+    *,
+    prior_rel_std: float | None = 0.25,
+    iterations: int = 4,
+    background: bool = True,
+    gram: tuple[torch.Tensor, int] | None = None,
+    bg: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
+    """Window PSFs (K, C, W, W) (W = k + 2 margin) and background maps (C, H, W) or None.
+
+    ``start`` (K, C, k, k) is the kernel-window estimate; ``design`` (K, C, k, k) centres the
+    prior (zero outside the kernel window: leakage is a small, data-driven addition).
+    Returns also the weighted chi (RMS of residual / noise) after every iteration.
+    """
+    m = int(margin_px)
+    k = int(design.shape[-1])
+    wp = k + 2 * m
+    pad = (m, m, m, m)
+    p = start.double() if start.shape[-1] == wp else F.pad(start.double(), pad)
+    d_win = F.pad(design.double(), pad)
+    n_k, n_c = int(design.shape[0]), int(design.shape[1])
+    g_mat, npx = gram if gram is not None else window_gram(model, intensity, wp, weights)[:2]
+    x, y, wt = intensity.double(), target.double(), weights.double()
+    basis = background_basis(x)
+    history = []
+    for _ in range(iterations):
+        pv = p.clone().requires_grad_(True)
+        pred = model.signal(x, pv, full=True) + background_signal(basis, bg)
+        resid = y - pred
+        loss = 0.5 * (wt * resid**2).sum()
+        (grad,) = torch.autograd.grad(loss, pv)
+        history.append(float(torch.sqrt((wt * resid.detach() ** 2).mean())))
+        flat = p.reshape(n_k, -1)
+        rhs = -grad.reshape(n_k, -1) + torch.einsum("kij,kj->ki", g_mat, flat)
+        yty = torch.full((n_k,), float(loss.detach()), dtype=torch.float64)
+        sol = solve_psfs_map(g_mat, rhs, yty, npx, d_win, 1.0, prior_rel_std=prior_rel_std)
+        p = sol.psfs.reshape(n_k, n_c, wp, wp)
+        if background:
+            with torch.no_grad():
+                r0 = y - model.signal(x, p, full=True)
+            bg = fit_background(r0, basis, wt)
+    with torch.no_grad():
+        resid = y - model.signal(x, p, full=True) - background_signal(basis, bg)
+    history.append(float(torch.sqrt((wt * resid**2).mean())))
+    return p, bg, history
+
+
+def refine_window(
+    model: ForwardModel,
+    intensity: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    start: torch.Tensor,
+    design: torch.Tensor,
+    margin_px: int,
+    *,
+    prior_rel_std: float | None = 0.25,
+    rounds: int = 5,
+    refine_frames: int = 16,
+    final_iterations: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
+    """Window PSFs, background and geometry jointly: variable projection as in
+    `calibration.procedures.geometry`, with the window model. A geometry refined with the
+    kernel-window model is biased (it bends the registration to explain leaked light), so the
+    geometry is refined again once the model can explain that light. ``model`` is left at the
+    refined geometry. Returns (window PSFs, background maps, chi history)."""
+    from calibration.procedures.geometry import _STEPS, _geometry, _theta
+
+    wp = int(design.shape[-1]) + 2 * int(margin_px)
+    x_all, y_all, wt_all = intensity.double(), target.double(), weights.double()
+    sub = slice(0, min(int(refine_frames), x_all.shape[0]))  # geometry from a subset, as
+    x, y, wt = x_all[sub], y_all[sub], wt_all[sub]  # refine_geometry_varpro does
+    basis = background_basis(x)
+    # A display shift or rotation resamples the image bilinearly before the optics, a
+    # low-pass filter that no non-negative PSF undoes; with full-support PSFs it is also not
+    # identifiable (below). Fold it into the camera registration (offset, rotation) instead.
+    theta = _theta(model.geometry)
+    s_, th = float(np.exp(theta[3])), float(theta[2])
+    rot = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+    theta[0:2] = theta[0:2] + s_ * rot @ theta[4:6]
+    theta[2] = theta[2] + theta[6]
+    theta[4:7] = 0.0
+    model.set_geometry(_geometry(theta))
+    # With full-support PSFs, a camera offset, a display shift and a shift of every PSF move
+    # the light identically (no tile edge crops it), and so do a display rotation and a
+    # camera rotation up to per-tile shifts: only the camera rotation and scale (the image
+    # size and orientation inside each tile) are identifiable; the rest stays as registered.
+    free = [2, 3]
+    p, bg, history = solve_window_psfs(
+        model, x, y, wt, start, design, margin_px, prior_rel_std=prior_rel_std
+    )
+    for _ in range(rounds):
+        cols = []
+        with torch.no_grad():
+            for i in free:
+                h = _STEPS[i]
+                d = np.zeros_like(theta)
+                d[i] = h
+                model.set_geometry(_geometry(theta + d))
+                plus = model.signal(x, p, full=True)
+                model.set_geometry(_geometry(theta - d))
+                minus = model.signal(x, p, full=True)
+                cols.append((plus - minus) / (2 * h))
+        jac = torch.stack(cols, dim=1)
+        model.set_geometry(_geometry(theta))
+        gram, npx, bx = window_gram(model, x, wp, wt, extra=jac)
+        with torch.no_grad():
+            r = model.signal(x, p, full=True) + background_signal(basis, bg) - y
+        jw = jac * wt[:, None]
+        grad = torch.einsum("nphw,nhw->p", jw, r).numpy()
+        jtj = torch.einsum("nphw,nqhw->pq", jw, jac).numpy()
+        ridge = 1e-6 * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
+        hk = gram + ridge[:, None, None] * torch.eye(gram.shape[-1], dtype=gram.dtype)
+        assert bx is not None
+        schur = jtj - torch.einsum("knp,knq->pq", bx, torch.linalg.solve(hk, bx)).numpy()
+        schur = 0.5 * (schur + schur.T)
+        step = -np.linalg.solve(schur + 1e-3 * np.diag(np.diag(schur)), grad)
+        full_step = np.zeros_like(theta)
+        full_step[free] = step
+        # Never move the frame's edge by more than a fraction of a pixel per step.
+        big = max(abs(step[0]), abs(step[1])) * max(model.tiles.camera_hw)
+        if big > 0.3:
+            full_step *= 0.3 / big
+        theta = theta + full_step
+        model.set_geometry(_geometry(theta))
+        p, bg, more = solve_window_psfs(
+            model,
+            x,
+            y,
+            wt,
+            p,
+            design,
+            margin_px,
+            prior_rel_std=prior_rel_std,
+            bg=bg,
+            iterations=3,
+        )
+        history += more
+        if np.all(np.abs(full_step) < _STEPS * 2):
+            break
+    p, bg, more = solve_window_psfs(
+        model,
+        x_all,
+        y_all,
+        wt_all,
+        p,
+        design,
+        margin_px,
+        prior_rel_std=prior_rel_std,
+        bg=bg,
+        iterations=final_iterations,
+    )
+    return p, bg, history + more
+
+
+def unexplained_fraction(
+    residual: torch.Tensor, signal: torch.Tensor, noise_var: torch.Tensor
+) -> float:
+    """Fraction of the captured signal's power that the fitted model leaves unexplained
+    beyond the camera noise: max(0, Σ r² − Σ σ²) / Σ s² (s: captured signal above offset).
+    0 = everything but noise explained; the leakage / background terms lower it."""
+    r2 = float((residual.double() ** 2).sum())
+    var = float(noise_var.double().sum())
+    s2 = float((signal.double() ** 2).sum())
+    return max(0.0, r2 - var) / max(s2, 1e-300)
