@@ -42,6 +42,7 @@ from calibration.procedures.psf import measure_psfs
 from calibration.procedures.registration import measure_registration
 from calibration.procedures.response import measure_display_response
 from drivers.protocols import SLM, Camera, Stage
+from drivers.sync import exposure_after_show
 from onnlab.errors import CalibrationError
 
 STEPS: tuple[str, ...] = ("dark", "response", "focus", "registration", "psf")
@@ -155,7 +156,9 @@ def run_calibration(
         _restore_focus(ctx, prior)
         previous = prior
     results: dict[str, StepResult] = {}
-    with single_thread():
+    # Every calibration frame must be exposed after its pattern was shown: a free-running camera
+    # at full rate could hand back a frame exposed before the pattern reached the panel.
+    with single_thread(), exposure_after_show(setup.camera):
         for name in STEPS:
             if name in steps and (prior is None or name not in prior.meta.steps):
                 results[name] = _run_step(name, ctx, opts)

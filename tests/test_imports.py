@@ -205,7 +205,14 @@ KNOWN_BREACHES = {
         "calibration.artifact -> drivers.registry",
     ],
 }
-CALIBRATION_MAY_USE = ("drivers", "drivers.protocols", "drivers.errors", "drivers.base")
+# drivers.sync (display/exposure synchronisation) works on any Camera through the protocol.
+CALIBRATION_MAY_USE = (
+    "drivers",
+    "drivers.protocols",
+    "drivers.errors",
+    "drivers.base",
+    "drivers.sync",
+)
 # The registry is the factory that opens simulated or real devices by id; it is not a driver.
 REAL_DRIVERS_EXCLUDE = ("drivers", "drivers.registry")
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from calib_helpers import calibrate_sim, small_context, true_effective_psfs
+from calib_helpers import calibrate_sim, sim_config, small_context, true_effective_psfs
 
 from calibration.forward import TileGeometry
 from calibration.procedures.dark import measure_camera_noise
@@ -20,7 +20,10 @@ from calibration.procedures.focus import measure_focus
 from calibration.procedures.psf import measure_psfs
 from calibration.procedures.registration import measure_registration
 from calibration.procedures.response import measure_display_response
+from calibration.runner import CalibrationOptions, run_calibration
+from calibration.setup import setup_from_devices
 from calibration.twin import DigitalTwin
+from drivers.registry import open_devices
 from drivers.sim import FaultConfig, Registration
 from onnlab.errors import CalibrationError
 from onnlab.optics import SensorModel
@@ -153,3 +156,32 @@ def test_colour_psfs_are_separated_per_channel() -> None:
     # Noise-limited at 96 patterns: 0.027-0.049 over 12 noise realisations (channel
     # cross-talk, the failure this guards against, gives errors of order 1).
     assert float(per_channel.max()) < 0.06, per_channel
+
+
+def test_calibration_frames_are_exposed_after_the_pattern_is_shown() -> None:
+    """A free-running camera at full rate may hand back a frame exposed before the pattern:
+    calibration switches it to a synchronised mode for its steps and restores it after."""
+    cfg = sim_config(0)
+    devices = open_devices(cfg)
+    setup = setup_from_devices(cfg, devices)
+    calls: list[str] = []
+
+    class FreeRunningCamera:
+        """The simulated camera as a GenICam camera without a software trigger."""
+
+        trigger_modes = ("free_run",)
+
+        def __init__(self, inner: object) -> None:
+            self._inner, self.frame_policy = inner, "full_rate"
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+        def set_frame_policy(self, policy: str) -> str:
+            calls.append(policy)
+            previous, self.frame_policy = self.frame_policy, policy
+            return previous
+
+    setup.camera = FreeRunningCamera(setup.camera)
+    run_calibration(setup, steps=["dark"], options=CalibrationOptions.quick())
+    assert calls == ["after_call", "full_rate"]
