@@ -94,10 +94,15 @@ def _core_sharpness(psfs: torch.Tensor) -> np.ndarray:
 def _check_shape(
     psfs: torch.Tensor, design: torch.Tensor, max_width: float, min_sharp: float
 ) -> tuple[float, float]:
-    """(width ratio, sharpness ratio) vs the design; refuse a defocused-looking result."""
+    """(width ratio, sharpness ratio) vs the design; refuse a defocused-looking result.
+
+    Defocus widens a PSF *and* removes its fine structure. Smoother alone is no evidence: a
+    realised or fabricated optic cannot reproduce every pixel-scale detail of a free design
+    (band limit, quantisation, scatter), so low sharpness refuses only with some widening,
+    or when the PSFs are nearly flat (a blur wider than the window cannot widen them)."""
     width = _rms_width(psfs) / max(_rms_width(design), 1e-12)
     sharp = float(np.median(_core_sharpness(psfs) / np.maximum(_core_sharpness(design), 1e-30)))
-    if width > max_width or sharp < min_sharp:
+    if width > max_width or (sharp < min_sharp and (width > 1.1 or sharp < min_sharp / 4)):
         raise CalibrationError(
             f"psf: measured PSFs are {width:.2f}x as wide and {sharp:.2f}x as sharp as the "
             "design (defocused?); run the focus step"

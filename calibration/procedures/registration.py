@@ -149,7 +149,7 @@ def measure_registration(
     """Fit the registration from dot grids (+ tile edges of a white frame); store in ``ctx``.
 
     Refuses when dots are missing (no signal / wrong exposure), when blobs fill their centroid
-    windows (defocused: run the focus step; never judged against the design's width), when
+    windows (defocused: run the focus step; never judged against the design's PSFs), when
     the similarity does not explain the dots within the tiles (RMS > ``max_rms_px``: a
     distorting relay, or misregistered beyond the search window), or when a tile's blobs sit
     farther than ``max_centroid_shift_px`` (default k/4: a quarter of the kernel window, far
@@ -217,15 +217,19 @@ def measure_registration(
     design_w = np.mean([_rms_width(convolve2d(p.sum(0), box)) for p in design.numpy()])
     blob_w = float(np.nanmedian(widths))
     width_ratio = blob_w / design_w  # a diagnostic only: as-built PSFs need not look designed
-    # Centroids are only trustworthy while a blob fits its window; a blob as wide as a flat
-    # window (RMS radius sqrt((n^2 - 1) / 6) for n = 2 radius + 1) means the light is spread
-    # (defocus) -- a test on the window, never on how sharp or wide the design PSFs are.
+    # Centroids are only trustworthy while a blob fits its window (a flat window of n = 2
+    # radius + 1 px has RMS radius sqrt((n^2 - 1) / 6)); wider means spread light (defocus)
+    # -- a test on the kernel size and the window, never on how the design PSFs look.
+    # The widest in-focus blob any design can make is a flat k x k kernel times the dot
+    # (RMS radius sqrt(((k + dot - 1)^2 - 1) / 6)); leakage and scatter add tails, so allow
+    # 30 % more, but never more than 85 % of a flat window.
     flat_w = math.sqrt(((2 * radius + 1) ** 2 - 1) / 6)
-    if blob_w > 0.7 * flat_w:
+    widest = math.sqrt(((k + dot_px - 1) ** 2 - 1) / 6)
+    limit = min(1.3 * widest, 0.85 * flat_w)
+    if blob_w > limit:
         raise CalibrationError(
-            f"registration: point images fill the {2 * radius + 1} px centroid windows (RMS "
-            f"radius {blob_w:.1f} px, a flat window has {flat_w:.1f}); defocused? run the "
-            "focus step first"
+            f"registration: point images are wider (RMS radius {blob_w:.1f} px) than any "
+            f"in-focus {k} px kernel makes ({limit:.1f}); defocused? run the focus step first"
         )
 
     x0 = np.array([1.0, 0.0, 0.0, float(shift[0]), float(shift[1])])

@@ -206,7 +206,9 @@ def evaluate_one(
             "seconds_by_step": {k: r.seconds for k, r in run.results.items()},
             "frames": int(art.meta.notes.get("frames_captured", 0)),
         }
-        if points:  # the point-source estimator, for comparison (same bench, same geometry)
+        # The point-source estimator, for comparison (same bench, same geometry); it has no
+        # leakage model, so it is not run on the physical bench.
+        if points and not physical:
             pt = run_calibration(
                 setup,
                 steps=["psf"],

@@ -83,6 +83,8 @@ def fabricate(model: Any, cfg: ExperimentConfig, fabrication_seed: int) -> tuple
     )
     layout = tile_layout(k, fab.bench)
     extra = {key: v for key, v in fab.bench.items() if key not in layout}
+    if fab.model == "physical":
+        extra["optic"] = physical_optic(model, cfg, psfs, fabrication_seed)
     bench = SimulatedBench(
         psfs,
         task_spec(cfg.task).image_hw,
@@ -94,6 +96,33 @@ def fabricate(model: Any, cfg: ExperimentConfig, fabrication_seed: int) -> tuple
         **extra,
     )
     return bench, layout
+
+
+def physical_optic(model: Any, cfg: ExperimentConfig, psfs: torch.Tensor, seed: int) -> Any:
+    """The as-built optic of a physical bench: a phase frontend's design phases, or the
+    realisation of a free frontend's PSFs, fabricated with ``fabrication.physical`` errors."""
+    from drivers.sim.bench import NOMINAL_FOCUS_M
+    from drivers.sim.physical import build_optic
+    from onnlab.optics.fabrication import FabricationErrors as HeightErrors
+
+    fe = model.frontend
+    if hasattr(fe, "design_phases"):
+        phases, optics, material = fe.design_phases().detach().cpu(), fe.optics, fe.material
+    else:
+        from onnlab.design.realise import realise
+        from onnlab.models.zoo import student_system
+
+        system = student_system(cfg.task, **cfg.student.architecture)
+        res = realise(
+            psfs,
+            system.optics,
+            n_phase=system.phase_samples,
+            material=system.material,
+            oversample=system.oversample,
+        )
+        phases, optics, material = res.phases, system.optics, system.material
+    errors = HeightErrors(**{"strength": cfg.fabrication.strength, **cfg.fabrication.physical})
+    return build_optic(phases, optics, material, seed, errors, nominal_focus_m=NOMINAL_FOCUS_M)
 
 
 def run_one_fabrication(
