@@ -345,3 +345,18 @@ def test_physical_frames_are_a_pure_function_of_what_is_shown() -> None:
         np.testing.assert_array_equal(x, y)
     other = _physical(seed=1, sensor=SensorModel())
     assert not np.array_equal(other.render(imgs[:1], [0])[0].pixels, a[0])
+
+
+def test_physical_bench_from_the_config_shares_only_its_design_with_calibration() -> None:
+    """sim.model physical: calibration reads the same design (layer 1), never the as-built."""
+    from calibration.setup import config_design_psfs
+    from drivers.registry import default_config_path, load_bench_config, open_devices
+
+    cfg = load_bench_config(default_config_path())
+    cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"model": "physical"})})
+    with open_devices(cfg) as devices:
+        truth = devices.sim_bench.truth
+        design = config_design_psfs(cfg)
+        assert torch.equal(design, truth.design_psfs)
+        assert truth.optic is not None
+        assert float((truth.psfs - design).norm() / design.norm()) > 0.05  # fabricated
