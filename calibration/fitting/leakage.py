@@ -211,7 +211,7 @@ def refine_window(
     margin_px: int,
     *,
     prior_rel_std: float | None = 0.25,
-    rounds: int = 5,
+    rounds: int = 6,
     refine_frames: int = 16,
     final_iterations: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
@@ -272,7 +272,7 @@ def refine_window(
         schur = 0.5 * (schur + schur.T)
         step = -np.linalg.solve(schur + 1e-3 * np.diag(np.diag(schur)), grad)
         full_step = np.zeros_like(theta)
-        full_step[free] = step
+        full_step[free] = 0.7 * step  # under-relaxed: the PSFs re-fit after each step
         # Never move the frame's edge by more than a fraction of a pixel per step.
         big = max(abs(step[0]), abs(step[1])) * max(model.tiles.camera_hw)
         if big > 0.3:
