@@ -270,6 +270,9 @@ def refine_window(
         assert bx is not None
         schur = jtj - torch.einsum("knp,knq->pq", bx, torch.linalg.solve(hk, bx)).numpy()
         schur = 0.5 * (schur + schur.T)
+        eig = np.linalg.eigvalsh(schur) if np.isfinite(schur).all() else np.array([0.0])
+        if eig.min() <= 1e-9 * max(abs(eig.max()), 1e-300) or not np.isfinite(grad).all():
+            break  # the PSFs explain every geometric change: nothing left to refine
         step = -np.linalg.solve(schur + 1e-3 * np.diag(np.diag(schur)), grad)
         full_step = np.zeros_like(theta)
         full_step[free] = 0.7 * step  # under-relaxed: the PSFs re-fit after each step
