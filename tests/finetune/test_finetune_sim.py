@@ -98,7 +98,7 @@ SEGMENTATION_TINY = {
         "options": {"psf_patterns": 24, "psf_refine_frames": 5, "focus_passes": 2},
     },
     "capture": {"fraction": 0.5, "chunk_size": 32},
-    "finetune": {"train": {"epochs": 4, "batch_size": 8, "lr": 5.0e-3}},
+    "finetune": {"train": {"epochs": 4, "batch_size": 8, "lr": 5.0e-3}, "ntkd": {"ntk_every": 1}},
 }
 
 
