@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
-	for b in optics ntk calibration estimate; do $(VENV)/bin/onnlab bench $$b --json; done
+	for b in optics ntk calibration estimate design; do $(VENV)/bin/onnlab bench $$b --json; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
