@@ -83,6 +83,9 @@ GRAMMAR = {
     ("evaluate",),
     ("estimate",),
     ("bench",),
+    ("design", "realise"),
+    ("design", "export"),
+    ("sweep",),
 }
 
 

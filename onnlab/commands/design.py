@@ -176,7 +176,11 @@ def realise_command(
     seed0: int = seed0_option("Seed of the random restarts."),
     data_root: Path | None = data_root_option(),
     eval_limit: int | None = typer.Option(
-        None, min=1, metavar="INT", help="Evaluate on at most this many test images."
+        None,
+        min=1,
+        metavar="INT",
+        show_default="all",
+        help="Evaluate on at most this many test images.",
     ),
     evaluate: bool = typer.Option(
         True, "--evaluate/--no-evaluate", help="Score the student with free vs realised PSFs."
@@ -260,7 +264,9 @@ def export_command(
         help="A realisation.npz from `design realise` (free students; default: realise now).",
     ),
     n_phase: int | None = typer.Option(
-        None, metavar="INT", help="Phase samples N per sub-aperture side (free students)."
+        None,
+        metavar="INT",
+        help="Phase samples N per sub-aperture side (free students; default: the student's).",
     ),
     restarts: int = typer.Option(
         2, min=1, metavar="INT", help="Realisation starts per kernel (free students)."

@@ -30,7 +30,7 @@ def sweep_command(
         None, "--seed0", metavar="INT", help="First seed (default: the file's)."
     ),
     device: str = device_option(),
-    out: Path | None = out_option("a fresh runs/sweep-<name>-<time>"),
+    out: Path | None = out_option("a fresh runs/sweep-NAME-TIME"),
     collect_only: bool = typer.Option(
         False, "--collect-only", help="Only rebuild the summary table of the sweep in --out."
     ),
