@@ -208,39 +208,63 @@ def measure_psfs(
     refine = refine_geometry and method == "random"
     sub = slice(0, min(len(grey), refine_frames))
     ctx.report("psf: solving", 0.75)
+
+    def misfit(pred: torch.Tensor) -> tuple[np.ndarray, float]:
+        """Residual frames (DN) and chi (RMS residual in units of the camera noise)."""
+        r = (pred - y).numpy() * dn_per_unit
+        return r, float(np.sqrt(np.mean(r**2 / var_dn)))
+
     psfs, sol, _ = solve()
     _check_shape(psfs, design, max_width_ratio, min_sharpness_ratio)  # before refining on junk
+    with torch.no_grad():
+        resid, chi = misfit(fm.signal(x, psfs))
     if refine:
         ctx.report("psf: refining geometry", 0.8)
         # Registration and PSFs jointly (variable projection) on a subset of the frames,
-        # then the PSFs from all frames in the refined geometry.
+        # then the PSFs from all frames in the refined geometry. The refinement sees only the
+        # subset, so it is kept only if it also explains all frames better (on sharp designs
+        # a few frames can pull it off the registration that the dots measured).
+        before = (fm.geometry, psfs, sol)
         geom, _, _ = refine_geometry_varpro(
             fm, x[sub], y[sub], wts[sub], design, psfs, prior_rel_std=prior_rel_std
         )
-        ctx.geometry = geom
-        ctx.composite_offset = composite_offset(geom)
+        fm.set_geometry(geom)
         ctx.report("psf: solving again", 0.9)
         psfs, sol, _ = solve()
-    with torch.no_grad():
-        resid = (fm.signal(x, psfs) - y).numpy() * dn_per_unit
-    chi = float(np.sqrt(np.mean(resid**2 / var_dn)))
+        with torch.no_grad():
+            resid_ref, chi_ref = misfit(fm.signal(x, psfs))
+        if chi_ref <= chi:
+            resid, chi = resid_ref, chi_ref
+        else:
+            fm.set_geometry(before[0])
+            psfs, sol = before[1], before[2]
+        ctx.geometry = fm.geometry
+        ctx.composite_offset = composite_offset(fm.geometry)
     margin = int(margin_px) if margin_px is not None else 0
     if margin_px is None and chi > leak_chi and method == "random":
         margin = int(ctx.tiles.gap_px)
     window = background = None
     if margin > 0:
         ctx.report("psf: leakage and background", 0.95)
+        geometry_before = fm.geometry
         window, bg, _ = refine_window(
             fm, x, y, wts, psfs, design, margin, prior_rel_std=window_prior_rel_std
         )
-        ctx.geometry = fm.geometry
-        ctx.composite_offset = composite_offset(fm.geometry)
         with torch.no_grad():
             pred = fm.signal(x, window, full=True) + background_signal(background_basis(x), bg)
-        resid = (pred - y).numpy() * dn_per_unit
-        chi = float(np.sqrt(np.mean(resid**2 / var_dn)))
-        psfs = window[..., margin : margin + k, margin : margin + k].contiguous()
-        background = None if bg is None else bg.numpy()
+        resid_win, chi_win = misfit(pred)
+        # The window model holds the kernel-window model (zero margin, zero background), so a
+        # worse fit means its refinement went astray: keep the simpler model then (asked for
+        # explicitly with margin_px, the window model is kept regardless).
+        if margin_px is not None or chi_win <= chi:
+            resid, chi = resid_win, chi_win
+            psfs = window[..., margin : margin + k, margin : margin + k].contiguous()
+            background = None if bg is None else bg.numpy()
+        else:
+            fm.set_geometry(geometry_before)
+            window, margin = None, 0
+        ctx.geometry = fm.geometry
+        ctx.composite_offset = composite_offset(fm.geometry)
     unexplained = unexplained_fraction(
         torch.from_numpy(resid), torch.from_numpy(y_dn), torch.from_numpy(var_dn)
     )

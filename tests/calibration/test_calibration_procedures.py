@@ -219,3 +219,28 @@ def test_registration_accepts_sharp_and_wide_designs() -> None:
         if kind == "sharp":
             assert res.blob_width_ratio > 1.5  # the old design-width check refused this
         assert res.residual < 0.1
+
+
+def test_a_geometry_refinement_that_fits_worse_is_not_kept(monkeypatch) -> None:
+    """The psf step refines the registration on a subset of frames; when that refined geometry
+    explains all frames worse (it happened on a sharp, fully trained MNIST design, and the
+    leakage model then made it worse still), the measured registration is kept."""
+    import dataclasses
+
+    import calibration.procedures.psf as psf_step
+
+    _bench, ctx = small_context(seed=1)
+    measure_camera_noise(ctx, n_frames=6)
+    measure_display_response(ctx)
+    measure_registration(ctx)
+    measured = ctx.geometry
+
+    def astray(model, *args, **kwargs):
+        wrong = dataclasses.replace(model.geometry, offset=model.geometry.offset + 0.6)
+        model.set_geometry(wrong)
+        return wrong, None, None
+
+    monkeypatch.setattr(psf_step, "refine_geometry_varpro", astray)
+    result = measure_psfs(ctx, n_patterns=48, refine_frames=13)
+    assert torch.equal(ctx.geometry.offset, measured.offset)
+    assert result.residual < 1.5 and result.margin_px == 0
