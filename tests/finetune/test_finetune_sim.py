@@ -36,6 +36,9 @@ def test_finetune_sim_tiny_end_to_end(tmp_path: Path) -> None:
     assert payload["no_compensation"] < payload["simulation"] - 0.03
     assert payload["end_to_end"] > payload["no_compensation"] + 0.03
     assert payload["ntkd"] > payload["no_compensation"] + 0.03
+    recovery = payload["ntkd"] / payload["simulation"]  # one fabrication seed: mean = worst
+    assert payload["ntkd_recovery_mean"] == payload["ntkd_recovery_min"] == recovery
+    assert payload["runs"][0]["ntkd_recovery"] == recovery
     for name in ("results.json", "results.md", "results.png"):
         assert (run_dir / name).is_file()
     assert "NTKD" in (run_dir / "results.md").read_text()
