@@ -29,6 +29,7 @@ Choices (the README says what they change in results):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -110,8 +111,12 @@ def init_from_env(quiet: bool = False) -> World:
 
 def _leave() -> None:
     """Leave the process group at exit (torch warns about, and NCCL may hang on, a group left
-    open)."""
+    open). All ranks meet first: a rank that tears its gloo connections down while a peer is
+    still using them can abort the peer ("terminate called without an active exception").
+    A rank whose peer died never meets it, but torchrun then stops every rank anyway."""
     if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -9,6 +9,7 @@ interruption and a resume.  This file is also the worker torchrun runs
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -61,6 +62,11 @@ def _worker(out: Path) -> None:
     model, train_set, val_set, config = _setup()
     with pytest.raises(_Stop):
         train(model, train_set, val_set, config, _StopOnce(make_loss("none", "mnist")), out)
+    # A real crash ends the process and its DDP replica with it; here the interrupted replica
+    # must be gone on every rank before the resumed one starts its collectives.
+    del model
+    gc.collect()
+    torch.distributed.barrier()
     model, train_set, val_set, config = _setup()  # a fresh process would start like this
     train(model, train_set, val_set, config, make_loss("none", "mnist"), out)
 
