@@ -16,7 +16,13 @@ from typing import Any
 
 import typer
 
-from onnlab.commands.options import config_option, console, json_option, progress_option
+from onnlab.commands.options import (
+    config_option,
+    console,
+    json_option,
+    out_option,
+    progress_option,
+)
 
 PARTIAL = "calibration.partial.h5"
 FINAL = "calibration.h5"
@@ -271,14 +277,7 @@ def register(app: typer.Typer) -> None:
             metavar="STEP,...",
             help="Comma-separated subset of dark,response,focus,registration,psf.",
         ),
-        out: Path | None = typer.Option(
-            None,
-            "--out",
-            metavar="DIR",
-            file_okay=False,
-            help="Run folder; rerun with the same folder to resume (default: a fresh folder "
-            "under runs/).",
-        ),
+        out: Path | None = out_option(),
         design: Path | None = typer.Option(
             None,
             "--design",
