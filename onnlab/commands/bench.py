@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "design": "free PSFs realised as phase masks, accuracy drop, phase-step cost, GDSII round trip",
 }
 
+CALIBRATION_MODELS = ("legacy", "physical")
 Benchmark = Enum("Benchmark", {k: k for k in BENCHMARKS}, type=str)  # type: ignore[misc]
 
 
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
             [],
             "--opt",
             metavar="KEY=VALUE",
-            help="Estimate benchmark setting, e.g. task=cifar10 (estimate only; repeatable).",
+            help="Setting, e.g. task=cifar10 (estimate) or model=physical (calibration).",
             show_default=False,
         ),
         out: Path | None = out_option(),
@@ -67,15 +68,26 @@ def register(app: typer.Typer) -> None:
             if name != "design":
                 raise ConfigError(f"--checkpoint applies to `bench design` only, not {name}")
             extra["checkpoint"] = checkpoint
-        if opts:
-            if name != "estimate":
-                raise ConfigError(f"--opt applies to `bench estimate` only, not {name}")
+        if opts and name == "estimate":
             from onnlab.bench.estimate import parse_options
 
             try:
                 extra.update(parse_options(opts))
             except ValueError as exc:
                 raise ConfigError(f"--opt: {exc}") from exc
+        elif opts and name == "calibration":
+            for pair in opts:
+                key, _, text = pair.partition("=")
+                if key.strip() != "model" or text.strip() not in CALIBRATION_MODELS:
+                    raise ConfigError(
+                        f"--opt {pair!r}: bench calibration takes model=legacy|physical "
+                        "(the simulated bench it calibrates)"
+                    )
+                extra["model"] = text.strip()
+        elif opts:
+            raise ConfigError(
+                f"--opt applies to `bench estimate` and `bench calibration`, not {name}"
+            )
         result = import_module(f"onnlab.bench.{name}").run(quick=quick, seed=seed, **extra)
         run_dir = run_dir_at(out, f"bench-{name}")
         write_json(run_dir / "result.json", result)
