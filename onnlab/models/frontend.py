@@ -41,6 +41,29 @@ def dilated_support(kernel_px: int, taps: int, dilation: int) -> torch.Tensor:
     return mask
 
 
+def checked_psfs(
+    psfs: torch.Tensor, frontend: nn.Module, like: torch.Tensor, tol: float
+) -> torch.Tensor:
+    """Measured PSFs for `load_psfs` of any frontend: shape (K, C, k, k) of ``frontend``,
+    finite, non-negative, each carrying energy in (0, max_transmission + tol]; as ``like``'s
+    dtype and device (ValueError naming what is wrong)."""
+    psfs = torch.as_tensor(psfs)
+    f = frontend
+    expected = (f.n_kernels, f.in_channels, f.kernel_px, f.kernel_px)
+    if tuple(psfs.shape) != expected:
+        raise ValueError(f"psfs must have shape {expected}, got {tuple(psfs.shape)}")
+    psfs = psfs.to(like)
+    if not torch.isfinite(psfs).all() or (psfs < 0).any():
+        raise ValueError("psfs must be finite and non-negative (intensities)")
+    energy = psfs.sum(dim=(1, 2, 3))
+    if (energy > f.max_transmission + tol).any() or (energy <= 0).any():
+        raise ValueError(
+            f"each PSF must carry energy in (0, {f.max_transmission}], got "
+            f"{energy.min().item():.4g}..{energy.max().item():.4g}"
+        )
+    return psfs
+
+
 class OpticalFrontend(nn.Module):
     """K trainable (or measured) incoherent PSFs over C colour channels, 'same'-size output.
 
@@ -146,19 +169,8 @@ class OpticalFrontend(nn.Module):
         optics cannot change). `trainable=True` re-expresses them in the constrained
         parameterisation (zeros become ~1e-12 of the peak) so training can continue from them.
         """
-        psfs = torch.as_tensor(psfs)
-        expected = (self.n_kernels, self.in_channels, self.kernel_px, self.kernel_px)
-        if tuple(psfs.shape) != expected:
-            raise ValueError(f"psfs must have shape {expected}, got {tuple(psfs.shape)}")
-        psfs = psfs.to(self.raw.dtype).to(self.raw.device)
-        if not torch.isfinite(psfs).all() or (psfs < 0).any():
-            raise ValueError("psfs must be finite and non-negative (intensities)")
+        psfs = checked_psfs(psfs, self, self.raw, tol)
         energy = psfs.sum(dim=(1, 2, 3))
-        if (energy > self.max_transmission + tol).any() or (energy <= 0).any():
-            raise ValueError(
-                f"each PSF must carry energy in (0, {self.max_transmission}], got "
-                f"{energy.min().item():.4g}..{energy.max().item():.4g}"
-            )
         if not trainable:
             self.measured.copy_(psfs)
             self.measured_active.fill_(True)

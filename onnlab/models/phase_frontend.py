@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onnlab.models.frontend import OpticalFrontend
+from onnlab.models.frontend import OpticalFrontend, checked_psfs
 from onnlab.optics.grid import Grid, check_fraunhofer
 from onnlab.optics.layout import OpticsConfig, kernel_layout
 from onnlab.optics.materials import Material, get_material
@@ -285,19 +285,7 @@ class PhaseMaskFrontend(nn.Module):
                 "trainable=True is not possible for a phase-mask frontend: realise the PSFs "
                 "as phases (onnlab design realise) and use set_phases"
             )
-        psfs = torch.as_tensor(psfs)
-        expected = (self.n_kernels, self.in_channels, self.kernel_px, self.kernel_px)
-        if tuple(psfs.shape) != expected:
-            raise ValueError(f"psfs must have shape {expected}, got {tuple(psfs.shape)}")
-        psfs = psfs.to(self.measured)
-        if not torch.isfinite(psfs).all() or (psfs < 0).any():
-            raise ValueError("psfs must be finite and non-negative (intensities)")
-        energy = psfs.sum(dim=(1, 2, 3))
-        if (energy > self.max_transmission + tol).any() or (energy <= 0).any():
-            raise ValueError(
-                f"each PSF must carry energy in (0, {self.max_transmission}], got "
-                f"{energy.min().item():.4g}..{energy.max().item():.4g}"
-            )
+        psfs = checked_psfs(psfs, self, self.measured, tol)
         self.measured.copy_(psfs)
         self.measured_active.fill_(True)
         self.phase.requires_grad_(False)
