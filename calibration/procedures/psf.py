@@ -92,16 +92,27 @@ def _core_sharpness(psfs: torch.Tensor) -> np.ndarray:
 
 
 def _check_shape(
-    psfs: torch.Tensor, design: torch.Tensor, max_width: float, min_sharp: float
+    psfs: torch.Tensor,
+    design: torch.Tensor,
+    max_width: float,
+    min_sharp: float,
+    focused: bool = False,
 ) -> tuple[float, float]:
     """(width ratio, sharpness ratio) vs the design; refuse a defocused-looking result.
 
     Defocus widens a PSF *and* removes its fine structure. Smoother alone is no evidence: a
     realised or fabricated optic cannot reproduce every pixel-scale detail of a free design
     (band limit, quantisation, scatter), so low sharpness refuses only with some widening,
-    or when the PSFs are nearly flat (a blur wider than the window cannot widen them)."""
+    or when the PSFs are nearly flat (a blur wider than the window cannot widen them).
+
+    ``focused``: the focus step of this calibration put the stage at the measured best focus.
+    Blur left then is the optic's own (scattered light from height noise, a zero order,
+    quantisation, source bandwidth all widen and smooth a fabricated PSF) and is what the
+    PSFs must record, so the ratios are reported, not refused."""
     width = _rms_width(psfs) / max(_rms_width(design), 1e-12)
     sharp = float(np.median(_core_sharpness(psfs) / np.maximum(_core_sharpness(design), 1e-30)))
+    if focused:
+        return width, sharp
     if width > max_width or (sharp < min_sharp and (width > 1.1 or sharp < min_sharp / 4)):
         raise CalibrationError(
             f"psf: measured PSFs are {width:.2f}x as wide and {sharp:.2f}x as sharp as the "
@@ -133,7 +144,7 @@ def measure_psfs(
     Refuses when earlier steps are missing (needs camera gain/offset, display response and
     registration), when frames saturate, when the fit leaves far more than noise (residual >
     3: stray light, wrong registration, moving optics), or when the PSFs are much wider or
-    smoother than the design's (defocused: run the focus step).
+    smoother than the design's and no focus step has run (defocused: run the focus step).
 
     Leakage: ``margin_px`` > 0 also fits each PSF on a window ``margin_px`` wider on every side
     (light in the gap and on neighbouring tiles) plus a broad background
@@ -215,7 +226,8 @@ def measure_psfs(
         return r, float(np.sqrt(np.mean(r**2 / var_dn)))
 
     psfs, sol, _ = solve()
-    _check_shape(psfs, design, max_width_ratio, min_sharpness_ratio)  # before refining on junk
+    focused = ctx.focus_position_m is not None  # the focus step ran: blur is the optic's
+    _check_shape(psfs, design, max_width_ratio, min_sharpness_ratio, focused)  # before refining
     with torch.no_grad():
         resid, chi = misfit(fm.signal(x, psfs))
     if refine:
@@ -273,7 +285,7 @@ def measure_psfs(
             f"psf: fit residual is {chi:.1f}x the camera noise; re-run registration and focus, "
             "block stray light, and check the display response"
         )
-    width, sharp = _check_shape(psfs, design, max_width_ratio, min_sharpness_ratio)
+    width, sharp = _check_shape(psfs, design, max_width_ratio, min_sharpness_ratio, focused)
     if ctx.electrons_per_unit is None:  # relative radiometry: mean alpha = 1
         scale = design.sum() / psfs.sum().clamp_min(1e-30)
         psfs = psfs * scale

@@ -61,8 +61,60 @@ def tile_layout(n_kernels: int, bench_options: dict[str, Any]) -> dict[str, int]
     return {"rows": rows, "cols": cols, "gap_px": int(bench_options.get("gap_px", 4))}
 
 
-def fabricate(model: Any, cfg: ExperimentConfig, fabrication_seed: int) -> tuple[Any, dict]:
-    """A simulated bench of the trained design with seeded, hidden as-built errors."""
+@dataclass(frozen=True)
+class DesignedOptic:
+    """The optic sent to the fab, as the lab knows it: design phases and their PSFs.
+
+    A phase frontend's phases are the design; a free frontend's PSFs are first realised
+    (`onnlab.design.realise`), and the lab then knows the *realised* PSFs (what the exported
+    design.h5 records), not the free ones no optic can make. Calibration compares the bench
+    with these PSFs.
+    """
+
+    phases: torch.Tensor  # (K, N, N) radians at the design wavelength
+    optics: Any  # onnlab.optics.OpticsConfig
+    material: Any
+    psfs: torch.Tensor  # (K, C, k, k) design PSFs at nominal focus (float32, CPU)
+
+
+def designed_optic(model: Any, cfg: ExperimentConfig) -> DesignedOptic:
+    """The design phases of ``model``'s frontend (realised once when the frontend is free)."""
+    fe = model.frontend
+    if hasattr(fe, "design_phases"):
+        return DesignedOptic(
+            fe.design_phases().detach().cpu(),
+            fe.optics,
+            fe.material,
+            fe.psfs().detach().to(torch.float32).cpu(),
+        )
+    from onnlab.design.realise import realise
+    from onnlab.models.zoo import student_system
+
+    system = student_system(cfg.task, **cfg.student.architecture)
+    res = realise(
+        fe.psfs().detach().to(torch.float32).cpu(),
+        system.optics,
+        n_phase=system.phase_samples,
+        material=system.material,
+        oversample=system.oversample,
+    )
+    return DesignedOptic(
+        res.phases, system.optics, system.material, res.psfs.detach().to(torch.float32).cpu()
+    )
+
+
+def fabricate(
+    model: Any,
+    cfg: ExperimentConfig,
+    fabrication_seed: int,
+    designed: DesignedOptic | None = None,
+) -> tuple[Any, dict, torch.Tensor]:
+    """A simulated bench of the trained design with seeded, hidden as-built errors.
+
+    Returns (bench, tile layout, design PSFs the lab calibrates against). On the physical
+    bench the as-built optic is ``designed`` (computed here when None) made with
+    ``fabrication.physical`` height-domain errors.
+    """
     from drivers.sim import SimulatedBench
     from onnlab.models.zoo import task_spec
     from onnlab.optics import FabricationErrors, SensorModel
@@ -83,8 +135,11 @@ def fabricate(model: Any, cfg: ExperimentConfig, fabrication_seed: int) -> tuple
     )
     layout = tile_layout(k, fab.bench)
     extra = {key: v for key, v in fab.bench.items() if key not in layout}
+    design = psfs
     if fab.model == "physical":
-        extra["optic"] = physical_optic(model, cfg, psfs, fabrication_seed)
+        designed = designed or designed_optic(model, cfg)
+        extra["optic"] = physical_optic(designed, cfg, fabrication_seed)
+        design = designed.psfs
     bench = SimulatedBench(
         psfs,
         task_spec(cfg.task).image_hw,
@@ -95,34 +150,25 @@ def fabricate(model: Any, cfg: ExperimentConfig, fabrication_seed: int) -> tuple
         **layout,
         **extra,
     )
-    return bench, layout
+    return bench, layout, design
 
 
-def physical_optic(model: Any, cfg: ExperimentConfig, psfs: torch.Tensor, seed: int) -> Any:
-    """The as-built optic of a physical bench: a phase frontend's design phases, or the
-    realisation of a free frontend's PSFs, fabricated with ``fabrication.physical`` errors."""
+def physical_optic(designed: DesignedOptic, cfg: ExperimentConfig, seed: int) -> Any:
+    """The as-built optic of a physical bench: the design phases fabricated with
+    ``fabrication.physical`` errors drawn from ``seed``."""
     from drivers.sim.bench import NOMINAL_FOCUS_M
     from drivers.sim.physical import build_optic
     from onnlab.optics.fabrication import FabricationErrors as HeightErrors
 
-    fe = model.frontend
-    if hasattr(fe, "design_phases"):
-        phases, optics, material = fe.design_phases().detach().cpu(), fe.optics, fe.material
-    else:
-        from onnlab.design.realise import realise
-        from onnlab.models.zoo import student_system
-
-        system = student_system(cfg.task, **cfg.student.architecture)
-        res = realise(
-            psfs,
-            system.optics,
-            n_phase=system.phase_samples,
-            material=system.material,
-            oversample=system.oversample,
-        )
-        phases, optics, material = res.phases, system.optics, system.material
     errors = HeightErrors(**{"strength": cfg.fabrication.strength, **cfg.fabrication.physical})
-    return build_optic(phases, optics, material, seed, errors, nominal_focus_m=NOMINAL_FOCUS_M)
+    return build_optic(
+        designed.phases,
+        designed.optics,
+        designed.material,
+        seed,
+        errors,
+        nominal_focus_m=NOMINAL_FOCUS_M,
+    )
 
 
 def run_one_fabrication(
@@ -133,6 +179,7 @@ def run_one_fabrication(
     teacher: Any,
     run_dir: Path,
     fabrication_seed: int,
+    designed: DesignedOptic | None = None,
 ) -> dict[str, Any]:
     """Fabricate, calibrate, capture train fraction + test set, compensate: one table row."""
     from onnlab.capture.calibrated import calibrate_sim_bench, load_extractor
@@ -146,12 +193,11 @@ def run_one_fabrication(
     fab_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    bench, layout = fabricate(student, cfg, fabrication_seed)
+    bench, layout, design = fabricate(student, cfg, fabrication_seed, designed)
     opts.log(
         f"fabricated a SIMULATED bench of the trained design: {layout['rows']}x{layout['cols']} "
         f"tiles, hidden fabrication errors from seed {fabrication_seed}"
     )
-    design = student.frontend.psfs().detach().cpu()
     bench_hash = bench_config_sha256(
         {"sim_seed": fabrication_seed, "fabrication": cfg.fabrication.model_dump()}
     )
@@ -294,10 +340,15 @@ def run_sim(opts: SimOptions) -> dict[str, Any]:
         f"teacher {metric} {teacher_test:.4f}; student ({student_info.get('method')}) "
         f"simulation {metric} {simulation:.4f}"
     )
+    designed = None
+    if cfg.fabrication.model == "physical":  # realised once, fabricated per seed
+        t0 = time.perf_counter()
+        designed = designed_optic(student, cfg)
+        opts.log(f"design phases for the fab ready in {time.perf_counter() - t0:.1f} s")
     rows, histories, details = [], [], []
     for k in range(opts.n_fabrications):
         fab_seed = opts.fabrication_seed + k
-        one = run_one_fabrication(cfg, opts, data, student, teacher, run_dir, fab_seed)
+        one = run_one_fabrication(cfg, opts, data, student, teacher, run_dir, fab_seed, designed)
         res = one["results"]
         row = {"fabrication_seed": fab_seed, "simulation": simulation}
         row.update({m: res[m][metric] for m in ("no_compensation", "end_to_end", "ntkd")})

@@ -114,6 +114,21 @@ def test_defocused_setup_is_refused() -> None:
         measure_psfs(ctx, n_patterns=16, refine_frames=9)
 
 
+def test_blur_after_the_focus_step_is_recorded_not_refused() -> None:
+    """Once the focus step has put the stage at best focus, PSFs smoother than the design
+    are the optic's own (scatter, zero order, quantisation of a fabricated optic): the step
+    measures them and reports the ratios instead of refusing."""
+    bench, ctx = small_context(seed=1)
+    measure_camera_noise(ctx, n_frames=6)
+    measure_display_response(ctx)
+    bench.stage.move_absolute(bench.truth.focus.z_focus_m + 0.2e-3)  # blur the optic "has"
+    measure_registration(ctx, n_phases=1, n_frames=2)
+    ctx.focus_position_m = float(bench.stage.position_m)  # as the focus step records it
+    result = measure_psfs(ctx, n_patterns=16, refine_frames=9)
+    assert result.sharpness_ratio < 0.5 / 4  # nearly flat: refused without a focus step
+    assert torch.isfinite(result.psfs).all() and (result.alpha > 0.05).all()
+
+
 def test_focus_outside_the_search_range_is_refused() -> None:
     # Focus 0.5 mm below the start, the sweep covers +-0.4 mm: the sharpest sample is the
     # near edge (blur 2 px there, 14 px = the simulator's cap at the far end). Much farther
