@@ -102,3 +102,14 @@ def test_bundled_ids_point_at_the_same_real_digits(shared_data_root):
     ids = sample.indices[:50]
     assert bool((full.images[ids] == sample.images[:50]).all())
     assert bool((full.targets[ids] == sample.targets[:50]).all())
+
+
+def test_full_size_training_sets_keep_the_standard_5000_image_validation_split():
+    """55k/5k (MNIST) and 45k/5k (CIFAR-10): 10 % of the training set, at most 5,000."""
+    from onnlab.data.base import split_positions
+
+    for n_source, n_train in ((60000, 55000), (50000, 45000), (5000, 4500)):
+        _, train = split_positions(n_source, 0, "train", seed=3)
+        _, val = split_positions(n_source, 0, "val", seed=3)
+        assert (len(train), len(val)) == (n_train, n_source - n_train)
+        assert len(np.intersect1d(train, val)) == 0
