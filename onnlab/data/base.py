@@ -104,9 +104,9 @@ def split_positions(
 
     Validation is carved out of the source training set by a seeded permutation, so train and
     val never overlap and the same seed always gives the same split: ``val_fraction`` of it,
-    at most ``MAX_VAL_SAMPLES`` (full MNIST: 55,000 / 5,000; CIFAR-10: 45,000 / 5,000). With `groups` (one label
-    per training sample, e.g. the car of a Carvana photo) whole groups go to val, so no group
-    is seen in both.
+    at most ``MAX_VAL_SAMPLES`` (full MNIST: 55,000 / 5,000; CIFAR-10: 45,000 / 5,000).
+    With `groups` (one label per training sample, e.g. the car of a Carvana photo) whole
+    groups go to val, so no group is seen in both.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

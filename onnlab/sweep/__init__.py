@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from onnlab.errors import ConfigError
-from onnlab.sweep.collect import format_rows, summary_table, write_summary
+from onnlab.sweep.collect import best_point, format_rows, summary_table, write_summary
 from onnlab.sweep.engine import launch, read_results, write_hydra_config
 from onnlab.sweep.spec import SweepSpec, load_spec, validate
 
@@ -56,8 +56,11 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
     metric = primary_metric(spec.task)
     header = {"sweep": spec.name, "task": spec.task, "role": spec.role, "metric": metric}
     header["seeds"] = spec.seed_list()
+    header["score_on"] = spec.score_on
+    header["best_point"] = best_point(table, metric, spec.score_on)
     paths = write_summary(sweep_dir, header, table)
-    return {**header, **table, "lines": format_rows(table, metric), "files": paths}
+    lines = format_rows(table, metric, spec.score_on)
+    return {**header, **table, "lines": lines, "files": paths}
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, overrides: list[str], where: str) -> dict:

@@ -23,14 +23,14 @@ def _metric_columns(results: list[dict[str, Any]]) -> list[str]:
     cols: list[str] = []
     for r in results:
         for split in ("test", "val"):
-            cols += [f"{split}.{k}" for k in r.get(split, {}) if f"{split}.{k}" not in cols]
+            cols += [f"{split}.{k}" for k in r.get(split) or {} if f"{split}.{k}" not in cols]
         cols += [k for k in ("train_time_s", "prepare_time_s") if k in r and k not in cols]
     return cols
 
 
 def _get(result: dict[str, Any], column: str) -> float | None:
     split, _, key = column.partition(".")
-    value = result.get(split, {}).get(key) if key else result.get(split)
+    value = (result.get(split) or {}).get(key) if key else result.get(split)
     return None if value is None else float(value)
 
 
@@ -74,16 +74,26 @@ def write_summary(sweep_dir: Path, header: dict[str, Any], table: dict[str, Any]
     return [json_path, csv_path]
 
 
-def format_rows(table: dict[str, Any], metric: str) -> list[str]:
-    """One line per configuration: its swept values and the headline test metric."""
+def best_point(table: dict[str, Any], metric: str, split: str) -> int | None:
+    """The point with the best mean ``split`` metric (all primary metrics are higher-better)."""
+    scored = [r for r in table["rows"] if r.get(f"{split}.{metric}.mean") is not None]
+    if not scored:
+        return None
+    return int(max(scored, key=lambda r: r[f"{split}.{metric}.mean"])["point"])
+
+
+def format_rows(table: dict[str, Any], metric: str, split: str = "test") -> list[str]:
+    """One line per configuration: its swept values and the headline metric on ``split``."""
     lines = []
+    best = best_point(table, metric, split)
     for row in table["rows"]:
         params = {k: v for k, v in row.items() if "." in k and not k.startswith(("test.", "val."))}
         params = {k: v for k, v in params.items() if k.split(".")[-1] not in STATS}
         what = " ".join(f"{k}={v}" for k, v in params.items()) or "(base)"
-        mean, std = row.get(f"test.{metric}.mean"), row.get(f"test.{metric}.std")
+        mean, std = row.get(f"{split}.{metric}.mean"), row.get(f"{split}.{metric}.std")
         score = "no result" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f} %"
+        mark = "  <- best" if row["point"] == best else ""
         lines.append(
-            f"point {row['point']}  {what}  test {metric} {score}  (n={len(row['seeds'])})"
+            f"point {row['point']}  {what}  {split} {metric} {score}  (n={len(row['seeds'])}){mark}"
         )
     return lines

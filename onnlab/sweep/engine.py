@@ -142,6 +142,7 @@ def train_point(spec: SweepSpec, point: dict[str, Any], seed: int, out: Path) ->
         out,
         teacher_path=job["teacher"],
         loss_options=job["loss"],
+        evaluate_test=spec.score_on == "test",
         **common,
     )
     run = summary["runs"][0]

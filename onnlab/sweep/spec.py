@@ -16,6 +16,7 @@ cluster.
     data: {limit: 4500, eval_limit: 10000}
     seeds: 3                      # seeds per point: seed0, seed0+1, ...
     seed0: 0
+    score_on: test                # val: tuning (the test split is never evaluated)
     grid:                         # every combination of these values ...
       train.lr: [1.0e-3, 3.0e-3]
       loss.beta: [0.3, 1.0]
@@ -114,6 +115,9 @@ class SweepSpec(BaseModel):
     data: DataSpec = Field(default_factory=DataSpec)
     seeds: int = Field(1, ge=1)
     seed0: int = 0
+    # test: the table reports the test split (a study of finished settings). val: tuning --
+    # jobs never evaluate the test split, and the table ranks the points by validation.
+    score_on: Literal["test", "val"] = "test"
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     random: RandomSearch | None = None
 

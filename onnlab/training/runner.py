@@ -162,10 +162,13 @@ def train_students(
     teacher_path: str | Path | None = None,
     loss_options: dict[str, Any] | None = None,
     architecture: dict[str, Any] | None = None,
+    evaluate_test: bool = True,
 ) -> dict[str, Any]:
     """Train one student per seed into `run_dir/seed-<s>/`; summary with mean ± std on test.
 
     Re-running on the same run_dir skips finished seeds and resumes an interrupted one.
+    ``evaluate_test=False`` (hyper-parameter trials) never touches the test split: results
+    carry ``"test": None`` and the summary scores the validation split.
     """
     import json
 
@@ -200,6 +203,8 @@ def train_students(
             continue
         seed_config = config.model_copy(update={"seed": seed})
         train_set, val_set, test_set = _splits(task, data_root, seed, limit, eval_limit)
+        if not evaluate_test:
+            test_set = None  # trials: the test split is never scored
         seed_everything(seed)
         model = build_student(task, **(architecture or {}))
         opts = dict(loss_options or {})
@@ -217,7 +222,9 @@ def train_students(
         history = train(
             model, train_set, val_set, seed_config, loss, seed_dir, meta=meta, label=label
         )
-        test = evaluate(model.cpu(), test_set, task, config.eval_batch_size)
+        test = (
+            evaluate(model.cpu(), test_set, task, config.eval_batch_size) if evaluate_test else None
+        )
         result = {
             "seed": seed,
             "test": test,
@@ -236,7 +243,12 @@ def train_students(
         "metric": metric,
         "dataset": dataset,
         "teacher": str(teacher_path) if teacher is not None else None,
-        "test": summarise([r["test"][metric] for r in per_seed]),
+        "test": (summarise([r["test"][metric] for r in per_seed]) if evaluate_test else None),
+        "val": (
+            summarise([r["val"][metric] for r in per_seed])
+            if all(metric in (r.get("val") or {}) for r in per_seed)
+            else None
+        ),
         "train_time_s": summarise([r["train_time_s"] for r in per_seed]),
         "prepare_time_s": summarise([r.get("prepare_time_s", 0.0) for r in per_seed]),
         "runs": per_seed,

@@ -79,6 +79,29 @@ def test_two_point_local_sweep_writes_mean_and_std_over_seeds(tmp_path, capsys):
     assert "different sweep" in capsys.readouterr().err
 
 
+def test_tuning_sweep_never_scores_the_test_split_and_ranks_by_validation(tmp_path, capsys):
+    spec = {**TINY, "seeds": 1, "score_on": "val"}
+    out = tmp_path / "tune"
+    args = ["sweep", str(_write(tmp_path, spec)), "--out", str(out), "--device", "cpu"]
+    assert _run(args) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["score_on"] == "val"
+    assert not any(c.startswith("test.") for c in summary["columns"])
+    for point in range(2):
+        run = json.loads(
+            (out / "jobs" / f"point-{point}-seed-0" / "seed-0" / "result.json").read_text()
+        )
+        assert run["test"] is None and "accuracy" in run["val"]
+    vals = [r["val.accuracy.mean"] for r in summary["rows"]]
+    assert summary["best_point"] == max(range(2), key=lambda i: vals[i])
+    assert (
+        f"point {summary['best_point']}"
+        in [ln for ln in printed.splitlines() if "<- best" in ln][0]
+    )
+    assert "val accuracy" in printed and "test accuracy" not in printed
+
+
 def test_sweep_file_errors_are_one_line_before_anything_runs(tmp_path, capsys):
     bad = _write(tmp_path, {**TINY, "train": {"epochs": 1, "learning_rate": 1.0}})
     assert _run(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
