@@ -130,8 +130,8 @@ def test_blur_after_the_focus_step_is_recorded_not_refused() -> None:
 
 
 def test_a_misregistered_fit_is_refused_by_what_it_leaves_unexplained() -> None:
-    """A camera rotation 30 mrad off (0.6 px at a tile edge) leaves percents of the signal
-    unexplained: refused. A bright bench's small model mismatch (chi > 3, < 1 % unexplained:
+    """A camera rotation 50 mrad off (1 px at a tile edge) leaves 10 % of the signal
+    unexplained: refused. A bright bench's small model mismatch (chi > 3, a few % unexplained:
     a fabricated optic's scatter) is not a reason to refuse."""
     from calibration.forward import Geometry
     from calibration.procedures.psf import fit_acceptable
@@ -141,11 +141,11 @@ def test_a_misregistered_fit_is_refused_by_what_it_leaves_unexplained() -> None:
     measure_display_response(ctx)
     measure_registration(ctx, n_phases=1, n_frames=2)
     g = ctx.geometry
-    ctx.geometry = Geometry(g.offset, g.rotation + 0.03, g.scale, g.image_shift, g.image_rotation)
+    ctx.geometry = Geometry(g.offset, g.rotation + 0.05, g.scale, g.image_shift, g.image_rotation)
     with pytest.raises(CalibrationError, match="% of the signal unexplained"):
         measure_psfs(ctx, n_patterns=16, refine_geometry=False, margin_px=0)
     assert fit_acceptable(3.1, 0.002) and fit_acceptable(2.9, 0.05)
-    assert not fit_acceptable(3.1, 0.03)
+    assert fit_acceptable(8.0, 0.035) and not fit_acceptable(3.1, 0.06)
 
 
 def test_focus_outside_the_search_range_is_refused() -> None:
