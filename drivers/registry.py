@@ -157,9 +157,10 @@ class SimConfig(_Strict):
     """Parameters of `drivers.sim.SimulatedBench` (sensor fields as in `SensorModel`)."""
 
     design: SimDesign = Field(default_factory=SimDesign)
-    # "physical": frames through the wave model of the as-built optic (drivers.sim.physical);
-    # "legacy": per-pixel PSF errors and Gaussian defocus (drivers.sim.model).
-    model: Literal["legacy", "physical"] = "legacy"
+    # "physical" (default): frames through the wave model of the as-built optic
+    # (drivers.sim.physical); "legacy": per-pixel PSF errors and Gaussian defocus
+    # (drivers.sim.model), nearly calibration's own model.
+    model: Literal["legacy", "physical"] = "physical"
     optics: dict[str, Any] = Field(default_factory=dict)  # OpticsConfig overrides (physical)
     fabrication: dict[str, Any] = Field(default_factory=dict)  # FabricationErrors fields
     image_hw: tuple[int, int] | None = None  # default: the task's image size

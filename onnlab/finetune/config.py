@@ -69,12 +69,13 @@ class FabricationSpec(_Strict):
     bench_error_strength: float = Field(1.0, ge=0)
     sensor: dict[str, Any] = Field(default_factory=dict)
     bench: dict[str, Any] = Field(default_factory=dict)
-    # "legacy": per-pixel PSF error delta and display misalignment beta (the fields above);
-    # "physical": the design's phase (or the realisation of free PSFs) fabricated with
+    # "physical" (default): the design's phase (or the realisation of free PSFs) fabricated with
     # height-domain errors and rendered through the wave model (drivers.sim.physical), with
     # `physical` holding onnlab.optics.fabrication.FabricationErrors fields (SI units); the
-    # gain alpha (gain_std) and the bench's other hidden deviations stay.
-    model: Literal["legacy", "physical"] = "legacy"
+    # gain alpha (gain_std) and the bench's other hidden deviations stay. "legacy": per-pixel
+    # PSF error delta and display misalignment beta (the fields above), nearly calibration's
+    # own model (kept to compare with older results).
+    model: Literal["legacy", "physical"] = "physical"
     physical: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -14,7 +14,8 @@ from calib_helpers import calibrate_sim  # noqa: E402
 
 @pytest.fixture(scope="session")
 def calibrated() -> Any:
-    """The default sim bench (seed 0), calibrated once for the whole session."""
+    """The legacy sim bench (seed 0), calibrated once for the whole session (see
+    calib_helpers.sim_config for why legacy)."""
     cfg, devices, run = calibrate_sim(0)
     yield cfg, devices, run
     devices.close()

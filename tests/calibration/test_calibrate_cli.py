@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from calibration.artifact import CalibrationArtifact
@@ -30,17 +31,25 @@ def test_calibrate_sim_writes_artifact_and_report(tmp_path) -> None:
     )
     assert set(art.meta.steps) == set(summary["steps"])
     assert art.meta.notes["simulated"] is True  # recorded in the artifact itself
-    assert summary["steps"]["psf"]["residual"] < 1.5
+    # the default sim bench is the physical one: its fabricated optic is not the calibration
+    # model, so the fit leaves a little beyond noise (a legacy bench leaves chi ~ 1)
+    assert summary["steps"]["psf"]["residual"] < 3.0
+    assert summary["steps"]["psf"]["unexplained_fraction"] < 0.01
 
 
 def test_calibrate_partial_rerun_reuses_a_previous_artifact(tmp_path, calibrated) -> None:
     cfg, _devices, run = calibrated
     prev = run.artifact.save(tmp_path / "prev.h5")
+    bench = yaml.safe_load(default_config_path().read_text())
+    bench["sim"]["model"] = "legacy"  # the bench the `calibrated` fixture measured
+    (tmp_path / "legacy.yaml").write_text(yaml.safe_dump(bench))
     result = CliRunner().invoke(
         app,
         [
             "calibrate",
             "--sim",
+            "--config",
+            str(tmp_path / "legacy.yaml"),
             "--steps",
             "dark",
             "--previous",

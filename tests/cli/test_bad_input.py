@@ -77,7 +77,7 @@ def test_devices_with_psfs_path_to_a_foreign_file_is_one_line(files, kind, tmp_p
     config = tmp_path / "bench.yaml"
     config.write_text(
         "devices: {slm0: {kind: slm}, cam0: {kind: camera}}\n"
-        f"sim: {{design: {{psfs_path: {files[kind]}}}}}\n"
+        f"sim: {{model: legacy, design: {{psfs_path: {files[kind]}}}}}\n"
     )
     assert_one_line(["devices", "--config", str(config)], cli, "sim.design", str(files[kind]))
 

@@ -48,6 +48,7 @@ def test_open_devices_uses_given_design_psfs(tmp_path) -> None:
     np.save(tmp_path / "psfs.npy", psfs.numpy())
     data = yaml.safe_load(SIM.read_text())
     data["sim"]["design"] = {"psfs_path": "psfs.npy"}
+    data["sim"]["model"] = "legacy"  # the physical model renders phase designs only
     data["sim"].pop("rows"), data["sim"].pop("cols")
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(data))
