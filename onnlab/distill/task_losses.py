@@ -13,6 +13,8 @@ at module level without a cycle.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,7 +86,16 @@ def kd_divergence(
 
 
 class KDLoss:
-    """Hinton knowledge distillation from a frozen teacher (logits or mask logits)."""
+    """Hinton knowledge distillation from a frozen teacher (logits or mask logits).
+
+    Teacher outputs are cached per training sample when the training loop says the inputs are
+    fixed (no augmentation, or captured features with fixed teacher images: the batch then
+    carries ``"index"``, its samples' positions in the training set, and ``prepare`` sized
+    the cache for that set). A frozen teacher in eval mode maps a fixed input to a fixed
+    output, so after the first epoch the teacher never runs again and the result is the same
+    up to float rounding (batched convolutions may sum in another order). With augmentation
+    every view is new and nothing is cached.
+    """
 
     def __init__(
         self, teacher: nn.Module, task: str, temperature: float = 10.0, alpha: float = 0.5
@@ -98,14 +109,42 @@ class KDLoss:
             p.requires_grad_(False)
         self.task, self.kind = task, task_kind(task)
         self.temperature, self.alpha = temperature, alpha
+        self._cache: torch.Tensor | None = None  # (N, ...) teacher outputs of the train set
+        self._cached: torch.Tensor | None = None  # (N,) bool: which rows are filled
+        self.teacher_samples = 0  # samples the teacher has run on (the cost caching saves)
+
+    def prepare(self, train_set: Any, device: Any = None, *_: Any, **__: Any) -> None:
+        """Start an empty cache for ``train_set`` (called by the training loop per run)."""
+        self._cache = None
+        self._cached = torch.zeros(len(train_set), dtype=torch.bool)
+
+    def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's outputs for the batch, from the cache where the inputs are fixed."""
+        x = batch.get("x_teacher", batch["x"])
+        self.teacher.eval()  # a caller's model.train() must not switch teacher BatchNorm
+        index = batch.get("index")
+        with torch.no_grad():
+            if index is None or self._cached is None:
+                self.teacher_samples += len(x)
+                return self.teacher(x)
+            rows = index.cpu()
+            missing = ~self._cached[rows]
+            if bool(missing.any()):
+                fresh = self.teacher(x[missing.to(x.device)])
+                self.teacher_samples += len(fresh)
+                if self._cache is None:
+                    shape = (len(self._cached), *fresh.shape[1:])
+                    self._cache = torch.empty(shape, dtype=fresh.dtype, device=fresh.device)
+                self._cache[rows[missing].to(fresh.device)] = fresh
+                self._cached[rows[missing]] = True
+            assert self._cache is not None
+            return self._cache[rows.to(self._cache.device)]
 
     def __call__(
         self, model: nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         output = model(batch["x"])
-        self.teacher.eval()  # a caller's model.train() must not switch teacher BatchNorm
-        with torch.no_grad():
-            teacher_out = self.teacher(batch.get("x_teacher", batch["x"]))
+        teacher_out = self.teacher_outputs(batch)
         ce = task_loss(self.kind, output, batch["y"])
         kd = kd_divergence(output, teacher_out, self.temperature, self.kind)
         loss = self.alpha * kd + (1 - self.alpha) * ce

@@ -100,6 +100,8 @@ def _make_batch(
             "y": y.to(device),
             "x_teacher": dataset.teacher_images[idx].to(device),
         }
+    if config.augment == "none" or dataset.teacher_images is not None:
+        batch["index"] = idx  # fixed inputs: a frozen teacher's outputs may be cached per sample
     return batch
 
 

@@ -290,3 +290,30 @@ def test_label_smoothing_is_the_smoothed_cross_entropy():
     assert smooth.item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="label_smoothing"):
         TaskLoss("mnist", label_smoothing=1.0)
+
+
+def test_kd_caches_teacher_outputs_on_fixed_inputs_only(mnist_small, mnist_teacher, tmp_path):
+    """Without augmentation the frozen teacher runs once per training sample (cached after the
+    first epoch) and training is the same as without the cache; augmented views are all new."""
+    train_set, val_set = mnist_small
+    train_set = train_set.subset(range(256))
+
+    def run(name: str, cache: bool, augment: str = "none"):
+        torch.manual_seed(0)
+        model = build_student("mnist")
+        loss = make_loss("kd", "mnist", mnist_teacher)
+        if not cache:
+            loss.prepare = None  # the loop then finds no cache to fill
+        cfg = _config(epochs=3, augment=augment)
+        history = train(model, train_set, val_set, cfg, loss, tmp_path / name)
+        return model, loss, [e["train"]["loss"] for e in history["epochs"]]
+
+    cached, loss_c, curve_c = run("cached", cache=True)
+    plain, loss_p, curve_p = run("plain", cache=False)
+    assert loss_c.teacher_samples == len(train_set)  # once per sample, not once per epoch
+    assert loss_p.teacher_samples == 3 * len(train_set)
+    assert curve_c == pytest.approx(curve_p, rel=1e-5)
+    for a, b in zip(cached.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    _, loss_a, _ = run("augmented", cache=True, augment="shift")
+    assert loss_a.teacher_samples == 3 * len(train_set)  # every view is new: nothing cached
