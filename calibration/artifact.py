@@ -334,4 +334,9 @@ class CalibrationArtifact:
             "registration_rms_px": m.registration.rms_px,
             "alpha": self.alpha.tolist(),
             "residuals": {k: v.residual for k, v in m.steps.items()},
+            # of the captured signal power, beyond noise, that the PSF fit leaves (None: no psf
+            # step, or an artifact from before it was recorded)
+            "unexplained_fraction": (
+                m.steps["psf"].values.get("unexplained_fraction") if "psf" in m.steps else None
+            ),
         }

@@ -229,7 +229,8 @@ def run_one_fabrication(
         f"calibrated in {timings['calibrate_s']:.0f} s: registration rms "
         f"{info.get('registration_rms_px', float('nan')):.3f} px, "
         f"gamma {info.get('gamma', 0):.2f}, "
-        f"alpha {[round(a, 2) for a in info.get('alpha', [])]}"
+        f"alpha {[round(a, 2) for a in info.get('alpha', [])]}, "
+        f"unexplained {100 * (info.get('unexplained_fraction') or 0.0):.2f} % of the signal"
     )
     extractor.prepare(bench.camera)
     meta = {
@@ -353,6 +354,12 @@ def run_sim(opts: SimOptions) -> dict[str, Any]:
         row = {"fabrication_seed": fab_seed, "simulation": simulation}
         row.update({m: res[m][metric] for m in ("no_compensation", "end_to_end", "ntkd")})
         row["ntkd_recovery"] = row["ntkd"] / simulation if simulation > 0 else float("nan")
+        cal = one["calibration_summary"]
+        row["calibration"] = {
+            "registration_rms_px": cal.get("registration_rms_px"),
+            "psf_residual": cal.get("residuals", {}).get("psf"),
+            "unexplained_fraction": cal.get("unexplained_fraction"),
+        }
         rows.append(row)
         histories.append({m: res[m].get("history", []) for m in ("end_to_end", "ntkd")})
         details.append(one)

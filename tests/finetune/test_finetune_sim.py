@@ -39,6 +39,10 @@ def test_finetune_sim_tiny_end_to_end(tmp_path: Path) -> None:
     recovery = payload["ntkd"] / payload["simulation"]  # one fabrication seed: mean = worst
     assert payload["ntkd_recovery_mean"] == payload["ntkd_recovery_min"] == recovery
     assert payload["runs"][0]["ntkd_recovery"] == recovery
+    # the default bench is the physical one: calibration reports what its model leaves out
+    cal = payload["runs"][0]["calibration"]
+    assert payload["settings"]["config"]["fabrication"]["model"] == "physical"
+    assert 0.0 <= cal["unexplained_fraction"] < 0.05 and cal["registration_rms_px"] < 0.2
     for name in ("results.json", "results.md", "results.png"):
         assert (run_dir / name).is_file()
     assert "NTKD" in (run_dir / "results.md").read_text()
