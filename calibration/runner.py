@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from calibration.artifact import (
     CalibrationArtifact,
@@ -64,6 +64,9 @@ class CalibrationOptions(BaseModel):
     psf_patterns: int = 96
     psf_prior_rel_std: float | None = 0.25
     psf_refine_frames: int = 25
+    # Refuse a PSF fit that leaves more than this fraction of the signal power unexplained
+    # (and chi > 3): see calibration.procedures.psf.fit_acceptable.
+    psf_max_unexplained: float = Field(0.05, gt=0, lt=1)
     seed: int = 1234
 
     @classmethod
@@ -212,6 +215,7 @@ def _run_step(name: str, ctx: BenchContext, opts: CalibrationOptions) -> StepRes
             seed=opts.seed,
             prior_rel_std=opts.psf_prior_rel_std,
             refine_frames=opts.psf_refine_frames,
+            max_unexplained=opts.psf_max_unexplained,
         )
     finally:
         ctx.report(f"{name}: done", 1.0)
