@@ -278,3 +278,15 @@ def test_a_geometry_refinement_that_fits_worse_is_not_kept(monkeypatch) -> None:
     result = measure_psfs(ctx, n_patterns=48, refine_frames=13)
     assert torch.equal(ctx.geometry.offset, measured.offset)
     assert result.residual < 1.5 and result.margin_px == 0
+
+
+def test_only_tiles_their_dots_measured_can_be_judged_misplaced() -> None:
+    """A tile without measured dots has no measured centroid shift (its value is set by the
+    gauge and a weak tie), so the misplacement check looks at measured tiles only."""
+    from calibration.procedures.registration import worst_measured_shift
+
+    shifts = np.array([[0.1, 0.0], [18.0, 3.0], [0.4, 0.2], [0.0, 0.3]])
+    tiles = np.array([0, 0, 0, 2, 2, 2, 3, 3, 3, 3, 1])  # tile 1: a single dot
+    assert worst_measured_shift(shifts, tiles) == 2
+    assert worst_measured_shift(shifts, tiles, min_points=1) == 1
+    assert worst_measured_shift(shifts, np.array([1, 1]), min_points=3) is None
