@@ -49,9 +49,18 @@ def small_context(
     """A small simulated bench (fast) and a fresh calibration context for it
     (task "cifar10" gives an RGB panel and RGB design PSFs)."""
     design = design_psfs(task, kernels, 7, seed=seed)
+    return context_for(design, image_hw, seed=seed, **bench_kw)
+
+
+def context_for(
+    design: torch.Tensor, image_hw: tuple[int, int], seed: int = 0, **bench_kw: Any
+) -> tuple[SimulatedBench, BenchContext]:
+    """A simulated bench of the given design PSFs and a fresh calibration context for it."""
     bench = SimulatedBench(design, image_hw, seed=seed, **bench_kw)
     lay = bench.truth.layout
-    tiles = TileGeometry(lay.rows, lay.cols, lay.gap_px, image_hw, bench.camera.shape_hw, kernels)
+    tiles = TileGeometry(
+        lay.rows, lay.cols, lay.gap_px, image_hw, bench.camera.shape_hw, int(design.shape[0])
+    )
     ctx = BenchContext(
         bench.slm,
         bench.camera,

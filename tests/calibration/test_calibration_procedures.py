@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from calib_helpers import calibrate_sim, sim_config, small_context, true_effective_psfs
+from calib_helpers import (
+    calibrate_sim,
+    context_for,
+    sim_config,
+    small_context,
+    true_effective_psfs,
+)
 
 from calibration.forward import TileGeometry
 from calibration.procedures.dark import measure_camera_noise
@@ -225,9 +231,6 @@ def test_registration_accepts_sharp_and_wide_designs() -> None:
     """Registration may not depend on the PSFs looking like the design: a point-like design
     (one lit pixel per kernel, blobs 1.7x+ wider after display and camera sampling -- what
     stopped `finetune --sim --data-root` on full MNIST) and a flat 7x7 design both register."""
-    from calibration.procedures.base import BenchContext
-    from drivers.sim import SimulatedBench
-
     truth_reg = Registration(offset_px=(0.6, -0.4), rotation_rad=0.003, scale=1.002)
     for kind in ("sharp", "wide"):
         design = torch.zeros(4, 1, 7, 7)
@@ -235,17 +238,7 @@ def test_registration_accepts_sharp_and_wide_designs() -> None:
             design[:, :, 3, 3] = 0.5
         else:
             design[:] = 0.5 / 49
-        bench = SimulatedBench(design, (24, 24), seed=3, registration=truth_reg)
-        lay = bench.truth.layout
-        tiles = TileGeometry(lay.rows, lay.cols, lay.gap_px, (24, 24), bench.camera.shape_hw, 4)
-        ctx = BenchContext(
-            bench.slm,
-            bench.camera,
-            bench.stage,
-            tiles,
-            design,
-            electrons_per_unit=bench.truth.sensor.full_scale_e,
-        )
+        bench, ctx = context_for(design, (24, 24), seed=3, registration=truth_reg)
         measure_camera_noise(ctx, n_frames=6)
         measure_display_response(ctx)
         bench.stage.move_absolute(bench.truth.focus.z_focus_m)
