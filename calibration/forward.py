@@ -252,6 +252,47 @@ def tile_boxes(model: ForwardModel, pad: int = 1) -> list[tuple[int, int, int, i
     return boxes
 
 
+def register_box(
+    grid: torch.Tensor,
+    box: tuple[int, int, int, int],
+    images: torch.Tensor,
+    origin_yx: tuple[int, int],
+    camera_hw: tuple[int, int],
+) -> torch.Tensor:
+    """Registered camera pixels of ``box`` for (M, h, w) images placed alone on the nominal
+    camera canvas with their pixel (0, 0) at integer ``origin_yx`` (negative allowed).
+
+    Equal to `ForwardModel.register` of a canvas holding only these images (cut to the
+    camera frame, zeros elsewhere) followed by cutting ``box``, but it resamples just the box
+    from just the images: per-kernel normal equations need each kernel's basis responses in
+    its own box only, and building M full-frame canvases per kernel group cost most of a
+    large optic's calibration (56 RGB kernels: 867 basis images of a 0.3-Mpx frame each).
+    """
+    y0, y1, x0, x1 = box
+    hh, ww = camera_hw
+    oy, ox = origin_yx
+    m, h, w = images.shape
+    # the canvas is cut to the camera frame: rows/cols of the images outside it are dark
+    rows = torch.arange(oy, oy + h)
+    cols = torch.arange(ox, ox + w)
+    inside = ((rows >= 0) & (rows < hh))[:, None] & ((cols >= 0) & (cols < ww))[None, :]
+    if not bool(inside.all()):
+        images = images * inside.to(images)
+    g = grid[:, y0:y1, x0:x1].to(images)
+    # canvas pixel coordinates (align_corners=False) -> the images' own normalised coordinates
+    px = ((g[..., 0] + 1) * ww - 1) / 2 - ox
+    py = ((g[..., 1] + 1) * hh - 1) / 2 - oy
+    local = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1)
+    out = F.grid_sample(
+        images[:, None],
+        local.expand(m, -1, -1, -1),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
+    return out[:, 0]
+
+
 def psf_normal_equations(
     model: ForwardModel,
     intensity: torch.Tensor,
@@ -295,7 +336,7 @@ def psf_normal_equations(
     origins = t.tile_origins_px().astype(int)
     step = max(1, min(chunk, 1024 // n))  # basis canvases per batch: n·step ≤ 1024
     f32 = torch.float32
-    grid_full = model._grid.to(f32)
+    grid = model._grid.to(f32)
     with torch.no_grad():
         for s in range(0, intensity.shape[0], step):
             x = misalign(
@@ -313,18 +354,9 @@ def psf_normal_equations(
                     for v in range(k)
                 ]
             ).reshape(n * b, h, w)  # basis response of every PSF pixel, before tiling
-            canvas = torch.zeros(n * b, *t.camera_hw, dtype=f32)
-            for oy, ox in origins:
-                canvas[:, oy : oy + h, ox : ox + w] = shifted
-            a = torch.nn.functional.grid_sample(
-                canvas[:, None],
-                grid_full.expand(n * b, -1, -1, -1),
-                mode="bilinear",
-                padding_mode="zeros",
-                align_corners=False,
-            ).reshape(n, b, *t.camera_hw)
             for j, (y0, y1, x0, x1) in enumerate(boxes):
-                ak = a[:, :, y0:y1, x0:x1].reshape(n, -1)
+                oy, ox = origins[j]
+                ak = register_box(grid, boxes[j], shifted, (oy, ox), t.camera_hw).reshape(n, -1)
                 yk = y[:, y0:y1, x0:x1].reshape(-1)
                 wk = ak if wt is None else ak * wt[:, y0:y1, x0:x1].reshape(1, -1)
                 wy = yk if wt is None else yk * wt[:, y0:y1, x0:x1].reshape(-1)

@@ -25,26 +25,79 @@ def fista_quadratic(
 ) -> tuple[torch.Tensor, int]:
     """min ½xᵀHx − cᵀx s.t. x ≥ 0, batched over a leading axis (one problem per kernel).
 
-    FISTA with step 1/λ_max(H) and gradient-based adaptive restart (O'Donoghue & Candès), which
-    restores linear convergence on the strongly convex problems a prior makes these. Variables
-    are first scaled to give H a unit diagonal (Jacobi preconditioning; a positive diagonal
-    scaling keeps the constraint x ≥ 0 intact), because prior precisions span decades.
+    Variables are first scaled to give H a unit diagonal (Jacobi preconditioning; a positive
+    diagonal scaling keeps the constraint x ≥ 0 intact), because prior precisions span decades.
+    Block principal pivoting (exact, a few batched solves) answers every kernel it can; the
+    rest, and singular problems, go to FISTA with step 1/λ_max(H) and gradient-based adaptive
+    restart (O'Donoghue & Candès). FISTA alone needed its 3000 iterations on the window PSFs of
+    the 56-kernel segmentation optic (867 unknowns each): most of a 40-min calibration.
+    Returns the solution and the FISTA iterations used (0: solved exactly by pivoting).
     """
-    # Exact shortcut: when the unconstrained minimiser is already non-negative (the usual case
-    # for a well-exposed PSF with a prior), it is the answer; otherwise it is a warm start.
-    try:
-        x_unc = torch.linalg.solve(hessian.to(torch.float64), linear.to(torch.float64)[..., None])
-        x_unc = x_unc[..., 0]
-        if bool((x_unc >= 0).all()):
-            return x_unc, 0
-        x0 = x_unc.clamp_min(0)
-    except RuntimeError:  # singular (no prior, unobserved pixels): plain FISTA
-        pass
     dscale = torch.diagonal(hessian.to(torch.float64), dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
     h = hessian.to(torch.float64) * dscale[:, :, None] * dscale[:, None, :]
     c = linear.to(torch.float64) * dscale
-    x, it = _fista_quadratic_raw(h, c, x0.to(torch.float64) / dscale, max_iter, tol)
+    # Exact route first: block principal pivoting finds the optimal active set in a few
+    # batched solves (the unconstrained minimiser, round 0, is the usual answer for a
+    # well-exposed PSF with a prior). Kernels it leaves unresolved (a singular H without a
+    # prior, or pivoting that does not settle) continue with FISTA from its iterate.
+    try:
+        x, solved = _principal_pivoting(h, c)
+    except RuntimeError:  # singular (no prior, unobserved pixels): plain FISTA
+        x, solved = x0.to(torch.float64) / dscale, torch.zeros(c.shape[0], dtype=torch.bool)
+    if bool(solved.all()):
+        return x * dscale, 0
+    todo = ~solved
+    x_rest, it = _fista_quadratic_raw(h[todo], c[todo], x[todo].clamp_min(0), max_iter, tol)
+    x = x.clone()
+    x[todo] = x_rest
     return x * dscale, it
+
+
+def _principal_pivoting(
+    h: torch.Tensor, c: torch.Tensor, max_rounds: int = 60
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched block principal pivoting (Kim & Park, SIAM J. Sci. Comput. 33, 2011) for
+    min ½xᵀHx − cᵀx, x ≥ 0, H positive definite with a unit diagonal.
+
+    Each round solves the equality-constrained problem on the current free set (one batched
+    LU solve with the bound variables' rows replaced by identity), then swaps
+    every variable that violates the KKT conditions (free and negative, or bound with a
+    negative gradient). Full exchanges converge in a few rounds on these problems; a kernel
+    whose count of violations stops falling three times in a row switches to Murty's
+    single-variable exchange (largest index), which provably terminates. Returns the iterate
+    (K, n) and which kernels satisfy the KKT conditions to round-off."""
+    k, n = c.shape
+    free = torch.ones(k, n, dtype=torch.bool)
+    best = torch.full((k,), n + 1)
+    tries = torch.full((k,), 3)
+    x = torch.zeros_like(c)
+    solved = torch.zeros(k, dtype=torch.bool)
+    scale = c.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+    for _ in range(max_rounds):
+        todo = (~solved).nonzero()[:, 0]
+        if todo.numel() == 0:
+            break
+        f = free[todo]
+        mask = f[:, :, None] & f[:, None, :]
+        hm = torch.where(mask, h[todo], torch.zeros(())) + torch.diag_embed((~f).to(h.dtype))
+        xt = torch.linalg.solve(hm, torch.where(f, c[todo], torch.zeros(()))[..., None])[..., 0]
+        grad = torch.einsum("kij,kj->ki", h[todo], xt) - c[todo]
+        tol = 1e-12 * scale[todo]
+        bad = (f & (xt < -tol)) | (~f & (grad < -tol))
+        x[todo] = xt.clamp_min(0) * f
+        count = bad.sum(-1)
+        done = count == 0
+        solved[todo[done]] = True
+        improved = count < best[todo]
+        best[todo] = torch.where(improved, count, best[todo])
+        tries[todo] = torch.where(improved, torch.full_like(count, 3), tries[todo] - 1)
+        full = improved | (tries[todo] > 0)
+        last = n - 1 - bad.flip(-1).int().argmax(-1)  # largest violating index
+        single = torch.zeros_like(bad)
+        single[torch.arange(len(todo)), last] = True
+        flip = torch.where(full[:, None], bad, single & bad)
+        free[todo] = f ^ flip
+    return x, solved
 
 
 def _fista_quadratic_raw(

@@ -26,27 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from calibration.fitting.deconv import solve_psfs_map
-from calibration.forward import ForwardModel, tile_boxes
+from calibration.forward import ForwardModel, register_box, tile_boxes
 from onnlab.optics import misalign
 
 
 def window_boxes(model: ForwardModel, window_px: int) -> list[tuple[int, int, int, int]]:
     """Camera boxes holding all of each kernel's light for a W-px PSF window."""
     return tile_boxes(model, pad=1 + int(window_px) // 2)
-
-
-def _groups(model: ForwardModel, window_px: int) -> list[list[int]]:
-    """Tiles that can share one basis canvas: same (row, col) parity, so that no tile's
-    extended image reaches another's box (needs 2 pitches > tile + window + pad)."""
-    t = model.tiles
-    step = 2
-    h, w = t.image_hw
-    if min(h, w) + 2 * t.gap_px <= window_px + 4:  # tiny tiles: one tile per canvas
-        step = max(t.rows, t.cols) + 1
-    out: dict[tuple[int, int], list[int]] = {}
-    for k in range(t.n_kernels):
-        out.setdefault(((k // t.cols) % step, (k % t.cols) % step), []).append(k)
-    return list(out.values())
 
 
 def window_gram(
@@ -73,9 +59,7 @@ def window_gram(
     h, w = t.image_hw
     origins = t.tile_origins_px().astype(int)
     f32 = torch.float32
-    hh, ww = t.camera_hw
-    grid_full = model._grid.to(f32)
-    groups = _groups(model, wp)
+    grid = model._grid.to(f32)
     step = max(1, min(chunk, 2048 // n))
     with torch.no_grad():
         for s in range(0, intensity.shape[0], step):
@@ -91,30 +75,18 @@ def window_gram(
                     for u in range(wp)
                     for v in range(wp)
                 ]
-            ).reshape(n * b, h + 2 * r, w + 2 * r)
+            ).reshape(n * b, h + 2 * r, w + 2 * r)  # basis response of every window pixel
             wt = None if weights is None else weights[s : s + step].to(f32)
-            for group in groups:
-                canvas = torch.zeros(n * b, hh + 2 * r, ww + 2 * r, dtype=f32)
-                for j in group:
-                    oy, ox = origins[j]
-                    canvas[:, oy : oy + h + 2 * r, ox : ox + w + 2 * r] += shifted
-                canvas = canvas[:, r : r + hh, r : r + ww]
-                a = F.grid_sample(
-                    canvas[:, None],
-                    grid_full.expand(n * b, -1, -1, -1),
-                    mode="bilinear",
-                    padding_mode="zeros",
-                    align_corners=False,
-                ).reshape(n, b, hh, ww)
-                for j in group:
-                    y0, y1, x0, x1 = boxes[j]
-                    ak = a[:, :, y0:y1, x0:x1].reshape(n, -1)
-                    wk = ak if wt is None else ak * wt[:, y0:y1, x0:x1].reshape(1, -1)
-                    gram[j] += (wk @ ak.T).to(torch.float64)
-                    if rhs_x is not None and extra is not None:
-                        ex = extra[s : s + step, :, y0:y1, x0:x1].to(f32)
-                        ex = ex.permute(0, 2, 3, 1).reshape(-1, ex.shape[1])
-                        rhs_x[j] += (wk @ ex).to(torch.float64)
+            for j, (y0, y1, x0, x1) in enumerate(boxes):
+                oy, ox = origins[j]
+                a = register_box(grid, boxes[j], shifted, (oy - r, ox - r), t.camera_hw)
+                ak = a.reshape(n, -1)
+                wk = ak if wt is None else ak * wt[:, y0:y1, x0:x1].reshape(1, -1)
+                gram[j] += (wk @ ak.T).to(torch.float64)
+                if rhs_x is not None and extra is not None:
+                    ex = extra[s : s + step, :, y0:y1, x0:x1].to(f32)
+                    ex = ex.permute(0, 2, 3, 1).reshape(-1, ex.shape[1])
+                    rhs_x[j] += (wk @ ex).to(torch.float64)
     per_kernel = int(np.mean([(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes]))
     return gram, per_kernel * int(intensity.shape[0]), rhs_x
 

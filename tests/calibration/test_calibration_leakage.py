@@ -10,6 +10,8 @@ from calibration.fitting.leakage import (
     background_signal,
     solve_window_psfs,
     unexplained_fraction,
+    window_boxes,
+    window_gram,
 )
 from calibration.forward import ForwardModel, Geometry, TileGeometry
 
@@ -77,3 +79,34 @@ def test_kernel_window_alone_leaves_the_leaked_light_unexplained() -> None:
         y - model.signal(x, window, full=True) - background_signal(background_basis(x), None)
     )
     assert unexplained_fraction(resid_full, y, torch.zeros_like(y)) < frac
+
+
+def test_window_gram_equals_the_model_built_column_by_column() -> None:
+    """G_k = A_kᵀ W A_k and A_kᵀ W extra from the box-only resampling equal the products of
+    the model's own responses to one window pixel at a time (the definition), on a
+    registration with offset, rotation, scale and a display shift, two colours and a tile
+    whose extended image reaches the frame edge."""
+    gen = torch.Generator().manual_seed(4)
+    tiles = TileGeometry(2, 2, 2, (10, 10), (23, 24), 4)  # <= 1 px margin: windows clip
+    geom = Geometry.from_values((0.4, -0.7), 0.01, 1.003, (0.3, -0.2), 0.004)
+    model = ForwardModel(tiles, geom)
+    wp = 5
+    x = torch.rand(3, 2, 10, 10, generator=gen, dtype=torch.float64)
+    wts = 0.5 + torch.rand(3, 23, 24, generator=gen, dtype=torch.float64)
+    extra = torch.rand(3, 2, 23, 24, generator=gen, dtype=torch.float64)
+    gram, _, gx = window_gram(model, x, wp, wts, chunk=2, extra=extra)
+    boxes = window_boxes(model, wp)
+    n = 2 * wp * wp
+    for j, (y0, y1, x0, x1) in enumerate(boxes):
+        cols = []
+        for i in range(n):
+            psfs = torch.zeros(4, 2 * wp * wp, dtype=torch.float64)
+            psfs[j, i] = 1.0
+            sig = model.signal(x, psfs.reshape(4, 2, wp, wp), full=True)
+            cols.append(sig[:, y0:y1, x0:x1].reshape(-1))
+        a = torch.stack(cols)  # (n, pixels)
+        w = wts[:, y0:y1, x0:x1].reshape(-1)
+        ex = extra[:, :, y0:y1, x0:x1].permute(0, 2, 3, 1).reshape(-1, 2)
+        torch.testing.assert_close(gram[j], (a * w) @ a.T, rtol=1e-5, atol=1e-6)
+        assert gx is not None
+        torch.testing.assert_close(gx[j], (a * w) @ ex, rtol=1e-5, atol=1e-6)
