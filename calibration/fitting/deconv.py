@@ -1,11 +1,12 @@
-"""Non-negative, regularised least squares for the PSFs (projected FISTA in torch).
+"""Non-negative, regularised least squares for the PSFs (block principal pivoting, FISTA).
 
 Why normal equations: the PSF-from-random-patterns problem is linear in the PSFs, and each
 kernel only lights its own tile, so the problem splits into K small quadratic programs
 (C·k² unknowns each) once AᵀWA and AᵀWy are formed (`calibration.forward.
-psf_normal_equations`). Projected FISTA on those is exact, batched over kernels and takes
-milliseconds, where iterating the full image-formation model would take minutes.
-Non-negativity is a projection (intensity PSFs cannot be negative).
+psf_normal_equations`). Those are solved exactly by batched block principal pivoting (a few
+LU solves per kernel batch), with projected FISTA as the fallback for singular problems;
+iterating the full image-formation model instead would take minutes. Non-negativity is a
+constraint (intensity PSFs cannot be negative).
 """
 
 from __future__ import annotations
