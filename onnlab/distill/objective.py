@@ -30,6 +30,7 @@ from onnlab.distill.anchors import DEFAULT_ANCHORS, AnchorPool
 from onnlab.distill.losses import NORMALISATIONS, ntkd_loss
 from onnlab.distill.ntk import ESTIMATORS, ntk_gram_and_output
 from onnlab.distill.task_losses import TaskLoss, kd_divergence, task_loss
+from onnlab.distill.teacher_outputs import TeacherOutputs
 from onnlab.errors import OnnlabError
 
 # Defaults, chosen by measurement (MNIST students trained 5 epochs on 4,500 images with a 98.3 %
@@ -233,6 +234,7 @@ class NTKDObjective:
         if ntk_batch is not None and (not isinstance(ntk_batch, int) or ntk_batch < 2):
             raise ValueError(f"ntk_batch must be >= 2, or 0/None for the whole batch: {ntk_batch}")
         self.teacher = teacher.eval()
+        self.outputs = TeacherOutputs(self.teacher)  # logit-KD outputs, cached where repeated
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.task = task
@@ -258,6 +260,7 @@ class NTKDObjective:
         seed: int | None = None,
         batch_size: int | None = None,
         step: int = 0,
+        view_stream: str | None = None,
     ) -> None:
         """Setup hook the training loop calls once before the first step.
 
@@ -266,9 +269,12 @@ class NTKDObjective:
         of every anchor batch (cost in ``anchor_pool.setup_s``); other estimators need nothing.
         ``batch_size``: the training batch size, the anchor batch size when ``ntk_batch`` is
         None (whole batch).  ``step``: the training step about to run (a resumed run continues
-        the anchor cycle where the interrupted one stopped).
+        the anchor cycle where the interrupted one stopped).  ``view_stream``: names the loop's
+        augmented views, so the logit-KD teacher outputs can be shared between runs
+        (`onnlab.distill.teacher_outputs`).
         """
         self._calls, self._last_ntkd = step, float("nan")  # lazy NTKD: same cadence on resume
+        self.outputs.prepare(train_set, view_stream)  # logit-KD outputs: cached where repeated
         if self.teacher_estimator != "anchor":
             return
         self.teacher.eval()
@@ -330,7 +336,7 @@ class NTKDObjective:
         lazy_skip = self._calls % self.ntk_every != 0
         self._calls += 1
         if lazy_skip:
-            return self._without_ntkd(model, x, x_t, y, need_t)
+            return self._without_ntkd(model, batch, need_t)
         if self.teacher_estimator == "anchor":
             if self.anchor_pool is None:
                 raise OnnlabError(
@@ -348,9 +354,7 @@ class NTKDObjective:
                 out_s = model(x)
             g_t, out_t = self.teacher_gram(x_t[:n])
         if need_t and not (whole and out_t is not None):
-            self.teacher.eval()
-            with torch.no_grad():
-                out_t = self.teacher(x_t)
+            out_t = self.outputs(batch)
         ntkd = ntkd_loss(g_s, g_t, self.normalisation)
         task = task_loss(self.kind, out_s, y)
         loss = self.alpha * task + self.beta * self.ntk_every * ntkd
@@ -364,20 +368,17 @@ class NTKDObjective:
         return loss, logs
 
     def _without_ntkd(
-        self, model: nn.Module, x: Tensor, x_t: Tensor, y: Tensor, need_t: bool
+        self, model: nn.Module, batch: dict[str, Tensor], need_t: bool
     ) -> tuple[Tensor, dict[str, float]]:
         """A lazy step between NTKD terms: alpha * task (+ kd_weight * KD)."""
-        out_s = model(x)
-        task = task_loss(self.kind, out_s, y)
+        out_s = model(batch["x"])
+        task = task_loss(self.kind, out_s, batch["y"])
         loss = self.alpha * task
         logs: dict[str, Any] = {"task": task.item()}
         if self._last_ntkd == self._last_ntkd:  # none yet after a resume between NTKD steps
             logs["ntkd"] = self._last_ntkd
         if need_t:
-            self.teacher.eval()
-            with torch.no_grad():
-                out_t = self.teacher(x_t)
-            kd = kd_divergence(out_s, out_t, self.temperature, self.kind)
+            kd = kd_divergence(out_s, self.outputs(batch), self.temperature, self.kind)
             loss = loss + self.kd_weight * kd
             logs["kd"] = kd.item()
         logs["loss"] = loss.item()

@@ -2,8 +2,8 @@
 
 Why a module of its own: ``onnlab.training.losses`` (the method registry, ``make_loss``) builds
 the NTKD objective, and the NTKD objective adds these same task and KD terms.  Keeping them here,
-importing nothing of ``onnlab.training`` or the rest of ``onnlab.distill``, lets both import them
-at module level without a cycle.
+importing nothing of ``onnlab.training`` and of ``onnlab.distill`` only the leaf
+``teacher_outputs``, lets both import them at module level without a cycle.
 
 - ``TaskLoss``: cross-entropy, or BCE + soft Dice for binary masks (BCE alone under-weights the
   thin object boundary when the foreground is small; Dice is overlap-based and does not).
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onnlab.distill.teacher_outputs import TeacherOutputs
 from onnlab.models.zoo import task_spec
 
 
@@ -88,13 +89,9 @@ def kd_divergence(
 class KDLoss:
     """Hinton knowledge distillation from a frozen teacher (logits or mask logits).
 
-    Teacher outputs are cached per training sample when the training loop says the inputs are
-    fixed (no augmentation, or captured features with fixed teacher images: the batch then
-    carries ``"index"``, its samples' positions in the training set, and ``prepare`` sized
-    the cache for that set). A frozen teacher in eval mode maps a fixed input to a fixed
-    output, so after the first epoch the teacher never runs again and the result is the same
-    up to float rounding (batched convolutions may sum in another order). With augmentation
-    every view is new and nothing is cached.
+    Teacher outputs come from `onnlab.distill.teacher_outputs.TeacherOutputs`: cached per
+    training sample when the inputs are fixed, and per augmented view (on disk, shared by
+    every run that draws the same views) when the loop names its view stream.
     """
 
     def __init__(
@@ -109,36 +106,27 @@ class KDLoss:
             p.requires_grad_(False)
         self.task, self.kind = task, task_kind(task)
         self.temperature, self.alpha = temperature, alpha
-        self._cache: torch.Tensor | None = None  # (N, ...) teacher outputs of the train set
-        self._cached: torch.Tensor | None = None  # (N,) bool: which rows are filled
-        self.teacher_samples = 0  # samples the teacher has run on (the cost caching saves)
+        self.outputs = TeacherOutputs(self.teacher)
 
-    def prepare(self, train_set: Any, device: Any = None, *_: Any, **__: Any) -> None:
-        """Start an empty cache for ``train_set`` (called by the training loop per run)."""
-        self._cache = None
-        self._cached = torch.zeros(len(train_set), dtype=torch.bool)
+    @property
+    def teacher_samples(self) -> int:
+        """Samples the teacher has run on (the cost the caches save)."""
+        return self.outputs.teacher_samples
+
+    def prepare(
+        self,
+        train_set: Any,
+        device: Any = None,
+        *_: Any,
+        view_stream: str | None = None,
+        **__: Any,
+    ) -> None:
+        """Start the caches for ``train_set`` (called by the training loop per run)."""
+        self.outputs.prepare(train_set, view_stream)
 
     def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The teacher's outputs for the batch, from the cache where the inputs are fixed."""
-        x = batch.get("x_teacher", batch["x"])
-        self.teacher.eval()  # a caller's model.train() must not switch teacher BatchNorm
-        index = batch.get("index")
-        with torch.no_grad():
-            if index is None or self._cached is None:
-                self.teacher_samples += len(x)
-                return self.teacher(x)
-            rows = index.cpu()
-            missing = ~self._cached[rows]
-            if bool(missing.any()):
-                fresh = self.teacher(x[missing.to(x.device)])
-                self.teacher_samples += len(fresh)
-                if self._cache is None:
-                    shape = (len(self._cached), *fresh.shape[1:])
-                    self._cache = torch.empty(shape, dtype=fresh.dtype, device=fresh.device)
-                self._cache[rows[missing].to(fresh.device)] = fresh
-                self._cached[rows[missing]] = True
-            assert self._cache is not None
-            return self._cache[rows.to(self._cache.device)]
+        """The teacher's outputs for the batch, from a cache where the inputs repeat."""
+        return self.outputs(batch)
 
     def __call__(
         self, model: nn.Module, batch: dict[str, torch.Tensor]

@@ -87,7 +87,12 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
 
 
 def _make_batch(
-    dataset: ArrayDataset, idx: torch.Tensor, config: TrainConfig, gen: torch.Generator, device
+    dataset: ArrayDataset,
+    idx: torch.Tensor,
+    config: TrainConfig,
+    gen: torch.Generator,
+    device,
+    epoch: int = 0,
 ) -> dict[str, torch.Tensor]:
     x, y = dataset.images[idx], dataset.targets[idx]
     if dataset.teacher_images is None:
@@ -100,9 +105,25 @@ def _make_batch(
             "y": y.to(device),
             "x_teacher": dataset.teacher_images[idx].to(device),
         }
-    if config.augment == "none" or dataset.teacher_images is not None:
-        batch["index"] = idx  # fixed inputs: a frozen teacher's outputs may be cached per sample
+    batch["index"] = idx  # a frozen teacher's outputs may be cached per sample ...
+    if config.augment != "none" and dataset.teacher_images is None:
+        batch["view_epoch"] = torch.full_like(idx, epoch)  # ... or per view of this epoch
     return batch
+
+
+def view_stream(config: TrainConfig, n_train: int, global_batch: int) -> str | None:
+    """Name of the augmented views this run draws (None: inputs are fixed, nothing to name).
+
+    Epoch e's order and views come from ``Generator().manual_seed(seed * 1_000_003 + e)``
+    (see `train`), so they are a function of exactly these fields: runs that share them share
+    every view, and a frozen teacher's outputs on them (`onnlab.distill.teacher_outputs`).
+    """
+    if config.augment == "none":
+        return None
+    return (
+        f"views-v1 augment={config.augment} seed={config.seed} batch={global_batch} "
+        f"n={n_train} generator=seed*1000003+epoch"
+    )
 
 
 def _progress(enabled: bool):
@@ -199,7 +220,14 @@ def train(
     if callable(prepare):  # e.g. NTKD anchor batches: exact teacher Grams computed once
         t_prep = time.perf_counter()
         step0 = start_epoch * steps_per_epoch  # per-step state resumes where it stopped
-        prepare(train_set, device, config.seed, batch_size=local_bs, step=step0)
+        prepare(
+            train_set,
+            device,
+            config.seed,
+            batch_size=local_bs,
+            step=step0,
+            view_stream=view_stream(config, n, bs),
+        )
         history["prepare_time_s"] = time.perf_counter() - t_prep
 
     metric = history["metric"]
@@ -226,7 +254,7 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
                 idx = order[i * bs : (i + 1) * bs]
-                batch = _make_rank_batch(train_set, idx, config, gen, device, world)
+                batch = _make_rank_batch(train_set, idx, config, gen, device, world, epoch)
                 value, logs = loss(net, batch)
                 if not _finite(value, world):
                     raise OnnlabError(
@@ -304,6 +332,7 @@ def _make_rank_batch(
     gen: torch.Generator,
     device,
     world: distributed.World,
+    epoch: int = 0,
 ) -> dict[str, torch.Tensor]:
     """This rank's share of the global batch ``global_idx`` (the whole batch in one process).
 
@@ -313,10 +342,12 @@ def _make_rank_batch(
     run for models without BatchNorm.  Without augmentation a rank builds only its rows.
     """
     if not world.distributed:
-        return _make_batch(dataset, global_idx, config, gen, device)
+        return _make_batch(dataset, global_idx, config, gen, device, epoch)
     if config.augment == "none" or dataset.teacher_images is not None:
-        return _make_batch(dataset, distributed.shard(global_idx, world), config, gen, device)
-    whole = _make_batch(dataset, global_idx, config, gen, device)
+        return _make_batch(
+            dataset, distributed.shard(global_idx, world), config, gen, device, epoch
+        )
+    whole = _make_batch(dataset, global_idx, config, gen, device, epoch)
     return {key: value[world.rank :: world.size] for key, value in whole.items()}
 
 
