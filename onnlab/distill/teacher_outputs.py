@@ -46,8 +46,8 @@ def _digest(*parts: Any) -> str:
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
         if isinstance(part, torch.Tensor):
-            t = part.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            t = part.detach().cpu().contiguous().reshape(-1)  # 0-d buffers too (BatchNorm)
+            h.update(f"{t.dtype}{tuple(part.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(repr(part).encode())
