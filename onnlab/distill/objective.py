@@ -30,7 +30,7 @@ from onnlab.distill.anchors import DEFAULT_ANCHORS, AnchorPool
 from onnlab.distill.losses import NORMALISATIONS, ntkd_loss
 from onnlab.distill.ntk import ESTIMATORS, ntk_gram_and_output
 from onnlab.distill.task_losses import TaskLoss, kd_divergence, task_loss
-from onnlab.distill.teacher_outputs import TeacherOutputs
+from onnlab.distill.teacher_outputs import TeacherOutputs, ViewStream
 from onnlab.errors import OnnlabError
 
 # Defaults, chosen by measurement (MNIST students trained 5 epochs on 4,500 images with a 98.3 %
@@ -260,7 +260,7 @@ class NTKDObjective:
         seed: int | None = None,
         batch_size: int | None = None,
         step: int = 0,
-        view_stream: str | None = None,
+        view_stream: ViewStream | None = None,
     ) -> None:
         """Setup hook the training loop calls once before the first step.
 

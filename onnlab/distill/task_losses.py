@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onnlab.distill.teacher_outputs import TeacherOutputs
+from onnlab.distill.teacher_outputs import TeacherOutputs, ViewStream
 from onnlab.models.zoo import task_spec
 
 
@@ -118,7 +118,7 @@ class KDLoss:
         train_set: Any,
         device: Any = None,
         *_: Any,
-        view_stream: str | None = None,
+        view_stream: ViewStream | None = None,
         **__: Any,
     ) -> None:
         """Start the caches for ``train_set`` (called by the training loop per run)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,14 @@ FORMAT = "teacher-views-v1"
 # Largest per-epoch output store kept in memory and on disk (bytes); above it (e.g. mask
 # logits of large segmentation sets) views are not cached and the teacher runs every step.
 EPOCH_STORE_BUDGET_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class ViewStream:
+    """The loop's augmented views: what determines them, and how many one epoch visits."""
+
+    name: str  # every field the views depend on (policy, seed, batch size, set size, ...)
+    samples_per_epoch: int  # the loop drops a ragged last batch: those rows are never seen
 
 
 def _digest(*parts: Any) -> str:
@@ -64,14 +73,14 @@ class TeacherOutputs:
         self._fixed: torch.Tensor | None = None  # (N, ...) outputs for fixed inputs
         self._fixed_ok: torch.Tensor | None = None  # (N,) bool
         self._train_set: Any = None
-        self._view_stream: str | None = None
+        self._view_stream: ViewStream | None = None
         self._view_dir: Path | None = None
         self._epoch: int | None = None
         self._store: torch.Tensor | None = None  # (N, ...) outputs of the current epoch's views
         self._store_ok: torch.Tensor | None = None
         self._store_saved = False
 
-    def prepare(self, train_set: Any, view_stream: str | None = None) -> None:
+    def prepare(self, train_set: Any, view_stream: ViewStream | None = None) -> None:
         """Start a run on ``train_set``; ``view_stream`` names the loop's augmented views."""
         self._fixed, self._fixed_ok = None, torch.zeros(len(train_set), dtype=torch.bool)
         self._train_set, self._view_stream, self._view_dir = train_set, view_stream, None
@@ -124,12 +133,13 @@ class TeacherOutputs:
             ):
                 self._view_stream, self._store_ok = None, None
                 return fresh
-            self._store = fresh.new_empty((len(self._store_ok), *fresh.shape[1:]))
+            self._store = fresh.new_zeros((len(self._store_ok), *fresh.shape[1:]))
             self._store[rows.to(fresh.device)] = fresh
             self._store_ok[rows] = True
         self._store = self._fill(self._store, self._store_ok, rows, x)
         out = self._store[rows.to(self._store.device)]
-        if not self._store_saved and bool(self._store_ok.all()):
+        done = int(self._store_ok.sum()) >= self._view_stream.samples_per_epoch
+        if not self._store_saved and done:
             self._save(epoch)
         return out
 
@@ -156,12 +166,15 @@ class TeacherOutputs:
             return
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            outputs = saved["outputs"]
+            outputs, filled = saved["outputs"], saved["filled"]
             valid = (
                 saved["key"] == self._view_dir.name
                 and saved["epoch"] == epoch
                 and outputs.shape[0] == n
-                and bool(torch.isfinite(outputs).all())
+                and filled.shape == (n,)
+                and filled.dtype == torch.bool
+                and int(filled.sum()) == self._view_stream.samples_per_epoch
+                and bool(torch.isfinite(outputs[filled]).all())
             )
         except Exception:  # damaged file (truncated write, foreign content): recompute it
             valid = False
@@ -170,14 +183,20 @@ class TeacherOutputs:
             return
         device = next(iter(self.teacher.parameters()), torch.empty(0)).device
         self._store, self._store_saved = outputs.to(device), True
-        self._store_ok = torch.ones(n, dtype=torch.bool)
+        self._store_ok = filled
 
     def _save(self, epoch: int) -> None:
         assert self._view_dir is not None and self._store is not None
         self._view_dir.mkdir(parents=True, exist_ok=True)
         path = self._view_dir / f"epoch-{epoch:04d}.pt"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        payload = {"key": self._view_dir.name, "epoch": epoch, "outputs": self._store.cpu()}
+        assert self._store_ok is not None
+        payload = {
+            "key": self._view_dir.name,
+            "epoch": epoch,
+            "outputs": self._store.cpu(),
+            "filled": self._store_ok.clone(),
+        }
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from onnlab.data.base import ArrayDataset
+from onnlab.distill.teacher_outputs import ViewStream
 from onnlab.errors import ConfigError, OnnlabError
 from onnlab.runtime import seed_everything, to_jsonable, write_json
 from onnlab.training import distributed
@@ -111,8 +112,8 @@ def _make_batch(
     return batch
 
 
-def view_stream(config: TrainConfig, n_train: int, global_batch: int) -> str | None:
-    """Name of the augmented views this run draws (None: inputs are fixed, nothing to name).
+def view_stream(config: TrainConfig, n_train: int, global_batch: int) -> ViewStream | None:
+    """The augmented views this run draws (None: inputs are fixed, nothing to name).
 
     Epoch e's order and views come from ``Generator().manual_seed(seed * 1_000_003 + e)``
     (see `train`), so they are a function of exactly these fields: runs that share them share
@@ -120,10 +121,11 @@ def view_stream(config: TrainConfig, n_train: int, global_batch: int) -> str | N
     """
     if config.augment == "none":
         return None
-    return (
+    name = (
         f"views-v1 augment={config.augment} seed={config.seed} batch={global_batch} "
         f"n={n_train} generator=seed*1000003+epoch"
     )
+    return ViewStream(name, (n_train // global_batch) * global_batch)
 
 
 def _progress(enabled: bool):

@@ -4,12 +4,13 @@ import torch
 from torch import nn
 
 from onnlab.data.base import ArrayDataset
-from onnlab.distill.teacher_outputs import TeacherOutputs
+from onnlab.distill.teacher_outputs import TeacherOutputs, ViewStream
 
 
 def _key(teacher: nn.Module, images: torch.Tensor, stream: str = "views seed=0") -> str:
     outputs = TeacherOutputs(teacher)
-    outputs.prepare(ArrayDataset(images, torch.zeros(len(images), dtype=torch.long)), stream)
+    labels = torch.zeros(len(images), dtype=torch.long)
+    outputs.prepare(ArrayDataset(images, labels), ViewStream(stream, len(images)))
     return outputs._key()
 
 
