@@ -208,11 +208,13 @@ def optical_gram(
     other_images: Sequence[torch.Tensor],
     features: OpticalFeatures,
     budget: int = DEFAULT_BUDGET_BYTES,
+    square: bool = True,
 ) -> GramBlocks:
     """K0(x, x') = <phi(x), phi(x')> for train x train and other x train.
 
     Chunked over feature rows (so the training features of one chunk fit `budget`) and over
-    images; accumulated in float64.
+    images; accumulated in float64. ``square=False`` skips the train x train block (left
+    zero; its diagonal is still computed) when only the cross blocks are needed.
     """
     geom = features.geom
     n_train, r, t = train_images.shape[0], features.rank, geom.n_cells
@@ -229,7 +231,8 @@ def optical_gram(
         ftrain = torch.cat(
             [phi(train_images[i : i + img_step]) for i in range(0, n_train, img_step)]
         )
-        gram += ftrain @ ftrain.T
+        if square:
+            gram += ftrain @ ftrain.T
         diag += ftrain.square().sum(1)
         for images, block, dblock in zip(other_images, cross, dcross, strict=True):
             for i in range(0, images.shape[0], img_step):
@@ -278,3 +281,73 @@ def pixel_features(
     if centre is not None:
         u = u - centre[None, :, None]
     return torch.einsum("bnt,nr->btr", u, factor).reshape(-1, factor.shape[1])
+
+
+def _window_cover(n: int, geom: PatchGeometry) -> torch.Tensor:
+    """(n, n) sum over (cell, tap) of r r^T / b^2, r = the pixels one binned tap averages.
+
+    Along one axis, tap i of cell t averages padded positions t*b + i + a (a < b), i.e. image
+    positions t*b + i + a - before; positions in the padding contribute zero.
+    """
+    k, b = geom.kernel_px, geom.pool
+    before = k - 1 - k // 2
+    cover = torch.zeros(n, n, dtype=torch.float64)
+    for t in range(n // b):
+        for i in range(k):
+            r = torch.zeros(n, dtype=torch.float64)
+            lo = t * b + i - before
+            r[max(lo, 0) : max(min(lo + b, n), 0)] = 1.0
+            cover += torch.outer(r, r)
+    return cover / b**2
+
+
+@dataclass(frozen=True)
+class PatchKernel:
+    """The isotropic patch kernel ``(1/T) sum_t (Pbar_t(x) - c) . (Pbar_t(x') - c)`` in pixels.
+
+    It is the optical kernel of the moment M = I (every PSF direction equally), and the NTK
+    term of a trainable PSF layer (the gradient of a binned response w.r.t. its PSF is the
+    binned patch). Computing it from C k^2 eigen-PSF features costs C k^2 T values per image;
+    here it is a quadratic form of the pixels, and a separable one: the sum over cells and
+    taps of box-averaged windows is ``A_y ⊗ A_x`` per channel (`_window_cover`), so
+    ``x^T A x' = <L_y x L_x, L_y x' L_x> / T`` with ``L = A^(1/2)`` — C H W features per image.
+    The centring adds ``- v.x - v.x' + |c|^2`` with ``v.x = (1/T) sum_t c . Pbar_t(x)``.
+    """
+
+    left: torch.Tensor  # (H, H) A_y^(1/2) / T^(1/4)
+    right: torch.Tensor  # (W, W) A_x^(1/2) / T^(1/4)
+    linear: torch.Tensor  # (C, H, W) v
+    constant: float  # |c|^2
+
+    @classmethod
+    def build(cls, geom: PatchGeometry, centre: torch.Tensor | None) -> PatchKernel:
+        (h, w), t = geom.image_hw, geom.n_cells
+
+        def root(a: torch.Tensor) -> torch.Tensor:
+            evals, evecs = torch.linalg.eigh(a)
+            return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T * t**-0.25
+
+        c, shape = geom.in_channels, (1, geom.in_channels, h, w)
+        if centre is None:
+            linear, constant = torch.zeros(c, h, w, dtype=torch.float64), 0.0
+        else:  # v = gradient of the linear map x -> (1/T) sum_t c . Pbar_t(x)
+            x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+            (binned_patches(x, geom).sum(-1) @ centre.to(torch.float64) / t).sum().backward()
+            linear, constant = x.grad[0].detach(), float(centre.to(torch.float64).square().sum())
+        return cls(root(_window_cover(h, geom)), root(_window_cover(w, geom)), linear, constant)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z (B, C H W), v.x (B,)) with K(x, x') = z.z' - v.x - v.x' + |c|^2."""
+        x = images.to(torch.float64)
+        z = self.left @ x @ self.right
+        return z.flatten(1), (x * self.linear).flatten(1).sum(1)
+
+    def block(self, rows: tuple, cols: tuple) -> torch.Tensor:
+        """K(rows, cols) from two `features` results."""
+        (zr, lr), (zc, lc) = rows, cols
+        return zr @ zc.T - lr[:, None] - lc[None, :] + self.constant
+
+    def diagonal(self, feats: tuple) -> torch.Tensor:
+        """K(x, x) for each image of a `features` result."""
+        z, lin = feats
+        return z.square().sum(1) - 2 * lin + self.constant

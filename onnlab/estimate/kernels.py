@@ -54,11 +54,13 @@ def dense(
 
 def relu(k: KernelPair) -> KernelPair:
     """ReLU on Gaussian pre-activations (Cho & Saul arc-cosine kernels)."""
-    norm = (k.diag_rows[:, None] * k.diag_cols[None, :]).clamp_min(1e-300).sqrt()
-    cos = (k.nngp / norm).clamp(-1.0, 1.0)
-    theta = torch.arccos(cos)
-    nngp = norm / (2 * math.pi) * (torch.sin(theta) + (math.pi - theta) * cos)
-    ntk = k.ntk * (math.pi - theta) / (2 * math.pi)
+    norm = torch.outer(k.diag_rows, k.diag_cols).clamp_min_(1e-300).sqrt_()
+    cos = (k.nngp / norm).clamp_(-1.0, 1.0)
+    # (pi - theta) / (2 pi), and sin(theta) = sqrt(1 - cos^2): in place, few full-size temporaries
+    slope = torch.arccos(cos).neg_().add_(math.pi).div_(2 * math.pi)
+    sin = cos.square().neg_().add_(1.0).clamp_min_(0.0).sqrt_()
+    nngp = sin.div_(2 * math.pi).add_(slope * cos).mul_(norm)
+    ntk = k.ntk * slope
     return KernelPair(nngp, ntk, 0.5 * k.diag_rows, 0.5 * k.diag_cols)
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from onnlab.estimate.estimator import Estimator
-from onnlab.estimate.features import optical_gram
+from onnlab.estimate.features import PatchKernel, binned_patches, optical_gram
 from onnlab.estimate.kernels import KernelPair, backend_ntk
 from onnlab.estimate.regression import classify
 
@@ -105,27 +105,36 @@ def trained_hybrid_estimate(
     hidden = est.arch.hidden
 
     # the PSF layer's own NTK term: the gradient of a binned response w.r.t. its PSF is the
-    # binned patch, so Θ_psf(x, x') = patch Gram (isotropic moment), carried on the NTK side
-    patches = est._moment_features(torch.eye(est.arch.geometry.n_psf, dtype=torch.float64))
+    # binned patch, so Θ_psf(x, x') = the isotropic patch kernel, carried on the NTK side
+    geom = est.arch.geometry
+    mean_image = train.images.to(torch.float64).mean(0, keepdim=True)
+    centre = binned_patches(mean_image, geom).mean(-1)[0]  # mean binned patch (linear in x)
+    patches = PatchKernel.build(geom, None if est.arch.normalise == "none" else centre)
+    sets = {"train": train.images, "val": val.images, "test": test.images}
+    patch_rows = {name: patches.features(x) for name, x in sets.items()} if trainable_psfs else {}
 
     def kernels(mirror: bool) -> tuple[torch.Tensor, ...]:
         """Θ(train, C), Θ(val, C), Θ(test, C) for columns C = train images (or mirrored)."""
         columns = _flip_width(train.images) if mirror else train.images
         others = [val.images, test.images] + ([train.images] if mirror else [])
-        g = optical_gram(columns, others, features)
-        p = optical_gram(columns, others, patches) if trainable_psfs else None
-        # NTK parameterisation: the PSF layer's gradient kernel at the scale of its output's
-        scale = float(g.diag_train.mean() / p.diag_train.mean()) if p is not None else 0.0
-
-        def pair(k0: torch.Tensor, ntk0: torch.Tensor | None, rows: torch.Tensor) -> KernelPair:
-            ntk = scale * ntk0 if ntk0 is not None else torch.zeros_like(k0)
-            return KernelPair(k0, ntk, rows, g.diag_train)
-
-        pairs = [pair(c, p.cross[i] if p else None, g.diag_cross[i]) for i, c in enumerate(g.cross)]
-        if not mirror:
-            pairs.insert(0, pair(g.train, p.train if p else None, g.diag_train))
-        else:
-            pairs.insert(0, pairs.pop())  # rows: train, val, test
+        g = optical_gram(columns, others, features, square=not mirror)
+        ntk0 = [torch.zeros_like(c) for c in (g.train, *g.cross)]
+        if trainable_psfs:
+            cols = patches.features(columns) if mirror else patch_rows["train"]
+            names = ["val", "test"] + (["train"] if mirror else [])
+            ntk0 = [torch.zeros_like(g.train) if mirror else patches.block(cols, cols)]
+            ntk0 += [patches.block(patch_rows[n], cols) for n in names]
+            # NTK parameterisation: the PSF layer's gradient kernel at the scale of its output's
+            # (both means over the column images: K0(x, x) and the patch kernel's diagonal)
+            scale = float(g.diag_train.mean() / patches.diagonal(cols).mean())
+            ntk0 = [scale * k for k in ntk0]
+        pairs = [KernelPair(g.train, ntk0[0], g.diag_train, g.diag_train)]  # mirror: unused
+        pairs += [
+            KernelPair(c, n0, d, g.diag_train)
+            for c, n0, d in zip(g.cross, ntk0[1:], g.diag_cross, strict=True)
+        ]
+        if mirror:  # rows: train (against mirrored columns), val, test
+            pairs = [pairs[3], pairs[1], pairs[2]]
         return tuple(backend_ntk(kp, hidden) for kp in pairs)
 
     k_train, k_val, k_test = kernels(mirror=False)

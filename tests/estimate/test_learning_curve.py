@@ -97,3 +97,34 @@ def test_bench_compares_with_every_trained_reference(tmp_path):
     path.write_text(__import__("json").dumps(bad))
     with pytest.raises(ValueError, match="holds 4 kernels"):
         validate_trained("mnist", n_train=100, n_val=50, n_test=50, references=path)
+
+
+@pytest.mark.parametrize(
+    "channels, hw, kernel_px, pool",
+    [(1, (12, 12), 3, 2), (3, (8, 12), 4, 2), (2, (9, 9), 5, 1), (1, (28, 28), 7, 4)],
+)
+def test_patch_kernel_in_pixels_equals_the_isotropic_moment_features(channels, hw, kernel_px, pool):
+    """The separable pixel form of the patch kernel is the C k^2 eigen-PSF Gram, exactly
+    (odd and even kernels, binning, several channels, ActNorm's centring)."""
+    from onnlab.estimate.features import (
+        OpticalFeatures,
+        PatchGeometry,
+        PatchKernel,
+        optical_gram,
+        patch_statistics,
+    )
+    from onnlab.estimate.priors import factor_psd
+
+    torch.manual_seed(0)
+    geom = PatchGeometry(channels, hw, kernel_px, pool)
+    x = torch.rand(7, channels, *hw, dtype=torch.float64)
+    y = torch.rand(5, channels, *hw, dtype=torch.float64)
+    centre, _ = patch_statistics(x, geom)
+    eye = torch.eye(geom.n_psf, dtype=torch.float64)
+    reference = optical_gram(x, [y], OpticalFeatures.from_factor(factor_psd(eye), geom, centre))
+    kernel = PatchKernel.build(geom, centre)
+    fx, fy = kernel.features(x), kernel.features(y)
+    scale = reference.train.abs().max()
+    torch.testing.assert_close(kernel.block(fx, fx), reference.train, atol=1e-12 * scale, rtol=0)
+    torch.testing.assert_close(kernel.block(fy, fx), reference.cross[0], atol=1e-12 * scale, rtol=0)
+    torch.testing.assert_close(kernel.diagonal(fx), reference.diag_train, atol=1e-12 * scale, rtol=0)
