@@ -220,10 +220,14 @@ OPTIONS: dict[str, tuple[type, Any, str]] = {
 }
 QUICK = {"n_train": 200, "n_val": 100, "n_test": 200, "kernels": "8"}
 DEFAULT_RUN = {"n_train": 1000, "n_val": 500, "n_test": 1000, "kernels": "4,16,64"}
-# against=trained: the largest subset of the learning curve per task (its cost is m^2 Grams
-# and m^3 solves), validation and test images for the ridge choice and the curve's points
-TRAINED_RUN = {"n_val": 1000, "n_test": 2000}
-TRAINED_SUBSET = {"mnist": 1000, "cifar10": 2000}
+
+
+# against=trained: the learning curve's sizes per task (onnlab.estimate.learning_curve)
+def _trained_sizes(task: str) -> dict[str, int]:
+    from onnlab.estimate.learning_curve import CURVE_SIZES
+
+    m, n_val, n_test = CURVE_SIZES.get(task, CURVE_SIZES["mnist"])
+    return {"n_train": m, "n_val": n_val, "n_test": n_test}
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -267,7 +271,7 @@ def run(quick: bool = False, seed: int = 0, **options: Any) -> dict:
         if settings["against"] == "trained":
             from onnlab.bench.estimate_trained import validate_trained
 
-            sizes = {"n_train": TRAINED_SUBSET.get(settings["task"], 1000)} | TRAINED_RUN
+            sizes = _trained_sizes(settings["task"])
             quick_sizes = {k: QUICK[k] for k in ("n_train", "n_val", "n_test")}
             sizes = (quick_sizes if quick else sizes) | {
                 k: v for k, v in options.items() if k in ("n_train", "n_val", "n_test")

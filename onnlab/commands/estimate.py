@@ -70,6 +70,29 @@ def _splits(task: str, data_root: Path | None, seed: int, n_train: int, n_val: i
     return out
 
 
+def _trained_student(task: str, make, aperture_mm, psfs, data_root, seed: int):
+    """Learning-curve estimate of the student `onnlab train` builds for this layout.
+
+    The task's student backend (hidden layers), the same K PSFs, its flips if the task's student
+    trains with them, read at the size of the whole training split.
+    """
+    from onnlab.data.datasets import split_size
+    from onnlab.estimate.estimator import Estimator
+    from onnlab.estimate.learning_curve import CURVE_SIZES, trained_hybrid_estimate
+    from onnlab.models.zoo import STUDENT_DEFAULTS
+    from onnlab.training.config import DEFAULTS
+
+    hidden = tuple(STUDENT_DEFAULTS[task]["hidden"])
+    design = make(aperture_mm, hidden)
+    train, val, test = _splits(task, data_root, seed, *CURVE_SIZES[task])
+    est = Estimator(design.architecture, train, val, test, seed=seed)
+    flips = "flip" in DEFAULTS[(task, "student")].get("augment", "none")
+    n_full = split_size(task, "train", data_root, seed)
+    pred = trained_hybrid_estimate(est, psfs, n_full, flips=flips)
+    pred.details["hidden"] = hidden
+    return pred
+
+
 def _stderr(p) -> float | None:
     """Binomial standard error of a test accuracy in points (None for mIoU)."""
     if p.metric != "accuracy":
@@ -178,7 +201,7 @@ def register(app: typer.Typer) -> None:
         start = time.perf_counter()
         say = (lambda msg: None) if as_json else typer.echo
 
-        def make(aperture: tuple[float, float]):
+        def make(aperture: tuple[float, float], backend: tuple[int, ...] | None = None):
             return design_network(
                 task,
                 (aperture[0] * 1e-3, aperture[1] * 1e-3),
@@ -186,7 +209,7 @@ def register(app: typer.Typer) -> None:
                 spacing_mm * 1e-3,
                 kernel_px=kernel_px,
                 pool=pool,
-                hidden=tuple(hidden) or None,
+                hidden=backend if backend is not None else (tuple(hidden) or None),
                 wavelengths_m=tuple(w * 1e-9 for w in wavelength_nm) or None,
                 sensor_pitch_m=sensor_pitch_um * 1e-6,
             )
@@ -214,6 +237,15 @@ def register(app: typer.Typer) -> None:
         say(f"  infinitely many kernels (NTK limit): {100 * inf.score:.2f} % ({inf.time_s:.1f} s)")
         if _stderr(this) is not None:
             say(f"  (test standard error {_stderr(this):.1f} points)")
+        student = None
+        if arch.kind == "classification":
+            student = _trained_student(task, make, aperture_mm, psfs, data_root, seed)
+            say(
+                f"  the trained student (backend {list(student.details['hidden'])}, trainable "
+                f"PSFs, {student.n_full} training images; power law from n <= "
+                f"{student.points[-1]['n']}): {100 * student.predicted:.2f} % "
+                f"({student.time_s:.1f} s)"
+            )
         run_dir = run_dir_at(out, "estimate")
         summary: dict = {
             "design": design.as_dict(),
@@ -229,6 +261,9 @@ def register(app: typer.Typer) -> None:
             "estimate": this.as_dict(),
             "estimate_infinite": inf.as_dict(),
         }
+        if student is not None:
+            summary["predicted_trained_student"] = 100 * student.predicted
+            summary["estimate_trained_student"] = student.as_dict()
         if sweep:
             rows = _sweep(est, make, aperture_mm, kernel_mm, seed)
             say(f"{'aperture (mm)':>16} {'layout':>9} {'K':>6} {metric + ' %':>11} {'time s':>7}")

@@ -159,6 +159,19 @@ def load_dataset(
     return _classification(task, split, root, seed, limit, val_fraction)
 
 
+def split_size(
+    task: str, split: str, data_root: str | Path | None = None, seed: int = 0, *, val_fraction=0.1
+) -> int:
+    """Images in a whole classification split (no limit): what `onnlab train` trains on."""
+    if task not in ("mnist", "cifar10"):
+        raise ValueError(f"split_size is for classification tasks, got {task!r}")
+    root = resolve_data_root(data_root)
+    loader = _mnist_source if task == "mnist" else _cifar_source
+    n_train = len(loader(root, "train")[1])
+    n_test = len(loader(root, "test")[1]) if split == "test" else 0
+    return len(split_positions(n_train, n_test, split, seed, val_fraction)[1])
+
+
 def clear_cache() -> None:
     """Forget memoised sources (tests that rewrite files between loads need this)."""
     _SOURCES.clear()

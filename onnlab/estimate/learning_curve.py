@@ -36,8 +36,11 @@ from onnlab.estimate.features import PatchKernel, binned_patches, optical_gram
 from onnlab.estimate.kernels import KernelPair, backend_ntk
 from onnlab.estimate.regression import classify
 
-# Ridge grid for the subsets (relative to mean diag): the eigendecomposition serves all of them.
+# Nested subsets of the largest one (m) whose errors fix the power law.
 SUBSET_FRACTIONS = (0.25, 0.5, 1.0)
+# (m, validation, test) images per task: m^2 Grams and m^3 solves set the cost; validated
+# against trained students in `onnlab bench estimate --opt against=trained` (README).
+CURVE_SIZES = {"mnist": (1000, 1000, 2000), "cifar10": (2000, 1000, 2000)}
 
 
 @dataclass
@@ -52,6 +55,7 @@ class CurvePrediction:
     flips: bool = False
     time_s: float = 0.0
     cpu_s: float = 0.0
+    details: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -63,6 +67,7 @@ class CurvePrediction:
             "flips": self.flips,
             "time_s": self.time_s,
             "cpu_s": self.cpu_s,
+            **self.details,
         }
 
 

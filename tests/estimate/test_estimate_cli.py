@@ -27,6 +27,12 @@ def test_cli_estimates_a_design_and_sweeps_on_the_bundled_sample(capsys):
     assert result["design"]["rows"] == 2 and result["design"]["n_kernels"] == 8
     assert 10.0 < result["predicted"] <= 100.0  # chance is 10 %
     assert 10.0 < result["predicted_infinite"] <= 100.0
+    # the trained student: the task's backend, read at the whole bundled training split
+    student = result["estimate_trained_student"]
+    assert student["n_full"] == 4500 and student["hidden"] == [120]
+    assert [p["n"] for p in student["points"]] == [250, 500, 1000]
+    assert result["predicted_trained_student"] == pytest.approx(student["predicted"])
+    assert student["points"][-1]["test"] * 100 < student["predicted"] <= 100.0
     ks = [row["n_kernels"] for row in result["sweep"]]
     assert ks == sorted(ks) and ks[0] == 1 and 8 in ks  # one kernel up to a 4x larger aperture
     run_dir = Path(result["run_dir"])
