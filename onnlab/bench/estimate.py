@@ -209,6 +209,7 @@ OPTIONS: dict[str, tuple[type, Any, str]] = {
     ),
     "data_root": (str, None, "dataset folder (default: $ONNLAB_DATA, else the bundled sample)"),
     "n_train": (int, 2000, "training images"),
+    "estimate_seeds": (int, 1, "against=trained: estimates (seeds 0..N-1) averaged per K"),
     "n_val": (int, 1000, "validation images (ridge and early-stopping choice)"),
     "n_test": (int, 2000, "test images"),
     "kernels": (str, "8,64,500", "comma-separated kernel counts K"),
@@ -276,8 +277,9 @@ def run(quick: bool = False, seed: int = 0, **options: Any) -> dict:
             sizes = (quick_sizes if quick else sizes) | {
                 k: v for k, v in options.items() if k in ("n_train", "n_val", "n_test")
             }
+            seeds = tuple(range(seed, seed + settings["estimate_seeds"]))
             return validate_trained(
-                settings["task"], data_root=settings["data_root"], seed=seed, **sizes
+                settings["task"], data_root=settings["data_root"], seeds=seeds, **sizes
             )
         return validate(
             settings["task"],

@@ -79,7 +79,7 @@ def test_bench_compares_with_every_trained_reference(tmp_path):
     from onnlab.bench.estimate import run
     from onnlab.bench.estimate_trained import load_references, validate_trained
 
-    out = run(quick=True, against="trained")  # bundled MNIST sample, tiny subsets
+    out = run(quick=True, against="trained", estimate_seeds=2)  # bundled MNIST, tiny subsets
     refs = load_references()["tasks"]["mnist"]["references"]
     assert [r["n_kernels"] for r in out["per_k"]] == [r["n_kernels"] for r in refs]
     for row, ref in zip(out["per_k"], refs, strict=True):
@@ -88,6 +88,7 @@ def test_bench_compares_with_every_trained_reference(tmp_path):
         assert row["speedup_vs_training"] == pytest.approx(
             ref["train_time_s"] / row["estimate_wall_s"]
         )
+        assert row["predicted"] == pytest.approx(sum(p["predicted"] for p in row["per_seed"]) / 2)
     assert out["max_abs_error_points"] == max(r["abs_error_points"] for r in out["per_k"])
     with pytest.raises(ValueError, match="against"):
         run(quick=True, against="paper")
