@@ -13,10 +13,11 @@ factor fitted to trained answers:
    random features and kernel models").
 2. **Learning curve.** Kernel-regression test error falls as a power law of the training-set
    size n over the range where the kernel's spectrum and the target's spectral power follow
-   power laws (Spigler, Geiger & Wyart 2020; Bordelon, Canatar & Pehlevan 2020). The error on
-   nested subsets n = m/4, m/2, m (ridge chosen on the validation split at each n) fixes the
-   exponent and prefactor by least squares in log-log, and the curve is read at the full
-   training-set size. The fit sees only the estimator's own subsets.
+   power laws (Spigler, Geiger & Wyart 2020; Bordelon, Canatar & Pehlevan 2020). Errors at
+   n = m/16 ... m (each the mean over the disjoint subsets of that size, ridge chosen on the
+   validation split) are fitted by least squares in log-log over the range where one power law
+   explains them within their sampling noise (`power_law_range`: small n still bends), and the
+   line is read at the full training-set size. The fit sees only the estimator's own subsets.
 
 Known limits (scope): random crops are not modelled (81 shifted Grams would cost more than
 training), the PSFs stay at their random draw (the trained student learns them), and the
@@ -36,8 +37,13 @@ from onnlab.estimate.features import PatchKernel, binned_patches, optical_gram
 from onnlab.estimate.kernels import KernelPair, backend_ntk
 from onnlab.estimate.regression import classify
 
-# Nested subsets of the largest one (m) whose errors fix the power law.
-SUBSET_FRACTIONS = (0.25, 0.5, 1.0)
+# Subset sizes (fractions of the largest, m) whose errors trace the learning curve: a 16x
+# baseline, so the read-out 20-45x beyond m amplifies the points' noise about 1x, not 2x.
+SUBSET_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+# A smaller-n point joins the fit while it lies within this many standard errors of the line
+# through the larger ones: below that the curve still bends (pre-asymptotic), not a power law.
+POWER_LAW_SIGMAS = 2.0
+MIN_FIT_POINTS = 3
 # (m, validation, test) images per task: m^2 Grams and m^3 solves set the cost; validated
 # against trained students in `onnlab bench estimate --opt against=trained` (README).
 CURVE_SIZES = {"mnist": (1000, 1000, 2000), "cifar10": (2000, 1000, 2000)}
@@ -81,6 +87,24 @@ def power_law_fit(sizes: list[int], errors: list[float]) -> tuple[float, float]:
     sxx = sum((x - xb) ** 2 for x in xs)
     b = sum((x - xb) * (y - yb) for x, y in zip(xs, ys, strict=True)) / sxx
     return yb - b * xb, b
+
+
+def power_law_range(points: list[dict], n_test: int) -> list[dict]:
+    """The largest-n points that one power law explains within their test-sampling noise.
+
+    Starts from the ``MIN_FIT_POINTS`` largest sizes and adds smaller ones while each lies within
+    ``POWER_LAW_SIGMAS`` standard errors (binomial, on ``n_test`` images, in log error) of the
+    line fitted to the points already taken. Uses only the estimator's own curve.
+    """
+    chosen = points[-MIN_FIT_POINTS:]
+    for point in reversed(points[:-MIN_FIT_POINTS]):
+        a, b = power_law_fit([p["n"] for p in chosen], [1.0 - p["test"] for p in chosen])
+        error = max(1.0 - point["test"], 1e-12)
+        sigma = math.sqrt(max(error * (1.0 - error), 1e-12) / n_test) / error
+        if abs(math.log(error) - (a + b * math.log(point["n"]))) > POWER_LAW_SIGMAS * sigma:
+            break
+        chosen = [point, *chosen]
+    return chosen
 
 
 def _flip_width(images: torch.Tensor) -> torch.Tensor:
@@ -177,7 +201,10 @@ def trained_hybrid_estimate(
                 "lambda": [r.lambda_rel for r in runs],
             }
         )
-    a, b = power_law_fit([p["n"] for p in points], [1.0 - p["test"] for p in points])
+    fit = power_law_range(points, test.images.shape[0])
+    for p in points:
+        p["in_fit"] = p in fit
+    a, b = power_law_fit([p["n"] for p in fit], [1.0 - p["test"] for p in fit])
     predicted = 1.0 - math.exp(a + b * math.log(n_full)) if n_full > m else points[-1]["test"]
     return CurvePrediction(
         n_kernels=psfs.shape[0],

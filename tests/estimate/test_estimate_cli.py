@@ -30,7 +30,7 @@ def test_cli_estimates_a_design_and_sweeps_on_the_bundled_sample(capsys):
     # the trained student: the task's backend, read at the whole bundled training split
     student = result["estimate_trained_student"]
     assert student["n_full"] == 4500 and student["hidden"] == [120]
-    assert [p["n"] for p in student["points"]] == [250, 500, 1000]
+    assert [p["n"] for p in student["points"]] == [62, 125, 250, 500, 1000]
     assert result["predicted_trained_student"] == pytest.approx(student["predicted"])
     assert student["points"][-1]["test"] * 100 < student["predicted"] <= 100.0
     ks = [row["n_kernels"] for row in result["sweep"]]

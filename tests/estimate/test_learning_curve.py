@@ -56,13 +56,29 @@ def test_curve_is_read_at_the_full_size_and_not_beyond_the_data(digits):
     est = _estimator(images, labels, 200)
     psfs = est.prior.sample(4, 1, 7, torch.Generator().manual_seed(1))
     pred = trained_hybrid_estimate(est, psfs, 55_000)
-    assert [p["n"] for p in pred.points] == [50, 100, 200]
-    errors = [1 - p["test"] for p in pred.points]
-    a, b = power_law_fit([50, 100, 200], errors)
+    assert [p["n"] for p in pred.points] == [12, 25, 50, 100, 200]
+    assert [p["subsets"] for p in pred.points] == [16, 8, 4, 2, 1]
+    fit = [p for p in pred.points if p["in_fit"]]
+    assert [p["n"] for p in fit] == [p["n"] for p in pred.points][-len(fit) :]
+    assert len(fit) >= 3
+    a, b = power_law_fit([p["n"] for p in fit], [1 - p["test"] for p in fit])
     assert pred.exponent == pytest.approx(b)
     assert 1 - pred.predicted == pytest.approx(math.exp(a) * 55_000**b)
     # a full set no larger than the subset: the measured point, no extrapolation
     assert trained_hybrid_estimate(est, psfs, 200).predicted == pred.points[-1]["test"]
+
+
+def test_power_law_range_drops_small_n_points_off_the_line_only():
+    from onnlab.estimate.learning_curve import power_law_range
+
+    sizes = [62, 125, 250, 500, 1000]
+    on_line = [{"n": n, "test": 1 - 2.0 * n**-0.5} for n in sizes]
+    assert power_law_range(on_line, 2000) == on_line
+    bent = [dict(p) for p in on_line]
+    bent[0]["test"] -= 0.05  # the curve still bends at the smallest n: 5 points off
+    bent[1]["test"] -= 0.001  # within the noise of 2,000 test images
+    assert power_law_range(bent, 2000) == bent[1:]
+    assert power_law_range(bent, 10) == bent  # with 10 test images nothing is significant
 
 
 def test_trainable_psfs_add_the_patch_kernel(digits):
