@@ -93,15 +93,29 @@ def power_law_range(points: list[dict], n_test: int) -> list[dict]:
     """The largest-n points that one power law explains within their test-sampling noise.
 
     Starts from the ``MIN_FIT_POINTS`` largest sizes and adds smaller ones while each lies within
-    ``POWER_LAW_SIGMAS`` standard errors (binomial, on ``n_test`` images, in log error) of the
-    line fitted to the points already taken. Uses only the estimator's own curve.
+    ``POWER_LAW_SIGMAS`` standard errors of the line fitted to the points already taken; the
+    standard error combines the point's own (binomial on ``n_test`` images, in log error) and
+    the fitted line's at that n (propagated from the chosen points' errors). Uses only the
+    estimator's own curve.
     """
+
+    def log_sigma(point: dict) -> float:
+        error = min(max(1.0 - point["test"], 1e-12), 1.0 - 1e-12)
+        return math.sqrt(error * (1.0 - error) / n_test) / error
+
     chosen = points[-MIN_FIT_POINTS:]
     for point in reversed(points[:-MIN_FIT_POINTS]):
+        xs = [math.log(p["n"]) for p in chosen]
         a, b = power_law_fit([p["n"] for p in chosen], [1.0 - p["test"] for p in chosen])
-        error = max(1.0 - point["test"], 1e-12)
-        sigma = math.sqrt(max(error * (1.0 - error), 1e-12) / n_test) / error
-        if abs(math.log(error) - (a + b * math.log(point["n"]))) > POWER_LAW_SIGMAS * sigma:
+        x, mean = math.log(point["n"]), sum(xs) / len(xs)
+        sxx = sum((xi - mean) ** 2 for xi in xs)
+        line_var = sum(
+            (1 / len(xs) + (x - mean) * (xi - mean) / sxx) ** 2 * log_sigma(p) ** 2
+            for xi, p in zip(xs, chosen, strict=True)
+        )
+        sigma = math.sqrt(log_sigma(point) ** 2 + line_var)
+        residual = math.log(max(1.0 - point["test"], 1e-12)) - (a + b * x)
+        if abs(residual) > POWER_LAW_SIGMAS * sigma:
             break
         chosen = [point, *chosen]
     return chosen
