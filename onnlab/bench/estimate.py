@@ -225,6 +225,7 @@ OPTIONS: dict[str, tuple[type, Any, str]] = {
     "ce": (bool, False, "also train with cross-entropy (Adam)"),
     "sgd": (bool, False, "also train MSE with minibatch SGD"),
 }
+CHOICES = {"against": ("trained", "random"), "task": ("mnist", "cifar10")}
 QUICK = {"n_train": 200, "n_val": 100, "n_test": 200, "kernels": "8"}
 DEFAULT_RUN = {"n_train": 1000, "n_val": 500, "n_test": 1000, "kernels": "4,16,64"}
 
@@ -255,10 +256,11 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
                 out[key] = text.lower() in ("true", "1", "yes")
             else:
                 out[key] = kind(text)
+            if key in CHOICES and out[key] not in CHOICES[key]:
+                raise ValueError(text)
         except ValueError:
-            raise ValueError(
-                f"estimate option {key}: expected {kind.__name__}, got {text!r}"
-            ) from None
+            expected = " | ".join(CHOICES[key]) if key in CHOICES else kind.__name__
+            raise ValueError(f"estimate option {key}: expected {expected}, got {text!r}") from None
     return out
 
 

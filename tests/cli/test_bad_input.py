@@ -125,6 +125,7 @@ def test_unknown_loss_option_is_one_line(teacher_ckpt, cli) -> None:
         (["bench", "calibration", "--opt", "model=ideal"], "model=legacy|physical"),
         (["bench", "optics", "--opt", "x=1"], "--opt applies to"),
         (["bench", "estimate", "--opt", "nope=1"], "--opt"),
+        (["bench", "estimate", "--opt", "against=nope"], "trained | random"),
         (["capture", "--slm", "nope"], "--slm 'nope'"),
         (["calibrate", "--sim", "--slm", "cam0"], "--slm 'cam0'"),
         (["calibrate", "--sim", "--rows", "50"], "50x4 tiles"),
