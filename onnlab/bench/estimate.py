@@ -37,21 +37,15 @@ from typing import Any
 
 import torch
 
+from onnlab.bench.estimate_trained import load_split, validate_trained
 from onnlab.estimate.design import TASK_DEFAULTS
-from onnlab.estimate.estimator import Architecture, Estimator, Split
+from onnlab.estimate.estimator import Architecture, Estimator
 from onnlab.estimate.reference import train_reference
 
 PAPER_TABLE5 = {
     "mnist": {8: 96.12, 500: 96.81, 1000: 97.24, "inf": 97.72},
     "cifar10": {8: 36.73, 500: 49.32, 1000: 56.23, "inf": 67.33},
 }
-
-
-def _split(task: str, split: str, data_root: str | None, limit: int, seed: int) -> Split:
-    from onnlab.data import load_dataset
-
-    ds = load_dataset(task, split, data_root, seed=seed, limit=limit)
-    return Split(ds.images, ds.targets)
 
 
 def _worst(rows: list[dict], key: str, pick) -> float | None:
@@ -124,9 +118,9 @@ def validate(
         d["kernel_px"],
         pool=d["pool"] if pool is None else pool,
     )
-    train = _split(task, "train", data_root, n_train, seed)
-    val = _split(task, "val", data_root, n_val, seed)
-    test = _split(task, "test", data_root, n_test, seed)
+    train = load_split(task, "train", data_root, n_train, seed)
+    val = load_split(task, "val", data_root, n_val, seed)
+    test = load_split(task, "test", data_root, n_test, seed)
     est = Estimator(arch, train, val, test, seed=seed)
     inf = est.predict_infinite()
     log(
@@ -279,8 +273,6 @@ def run(quick: bool = False, seed: int = 0, **options: Any) -> dict:
     torch.set_num_threads(settings["threads"])
     try:
         if settings["against"] == "trained":
-            from onnlab.bench.estimate_trained import validate_trained
-
             sizes = _trained_sizes(settings["task"])
             quick_sizes = {k: QUICK[k] for k in ("n_train", "n_val", "n_test")}
             sizes = (quick_sizes if quick else sizes) | {

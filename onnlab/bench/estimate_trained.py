@@ -17,15 +17,22 @@ from pathlib import Path
 
 import torch
 
-from onnlab.bench.estimate import _split
 from onnlab.estimate.design import design_network
-from onnlab.estimate.estimator import Estimator
+from onnlab.estimate.estimator import Estimator, Split
 from onnlab.estimate.learning_curve import trained_hybrid_estimate
 from onnlab.models.zoo import STUDENT_DEFAULTS
 from onnlab.training.config import DEFAULTS
 
 REFERENCES = Path(__file__).resolve().parents[2] / "configs" / "estimate" / "trained-hybrids.json"
 GOALS = {"max_abs_error_points": 2.0, "speedup_vs_training": 50.0}
+
+
+def load_split(task: str, split: str, data_root: str | None, limit: int, seed: int) -> Split:
+    """One split of a task's data (seeded subset of ``limit`` images) for the estimator."""
+    from onnlab.data import load_dataset
+
+    ds = load_dataset(task, split, data_root, seed=seed, limit=limit)
+    return Split(ds.images, ds.targets)
 
 
 def load_references(path: Path = REFERENCES) -> dict:
@@ -61,7 +68,7 @@ def validate_trained(
     hidden = tuple(STUDENT_DEFAULTS[task]["hidden"])
     splits = {
         seed: tuple(
-            _split(task, name, data_root, size, seed)
+            load_split(task, name, data_root, size, seed)
             for name, size in (("train", n_train), ("val", n_val), ("test", n_test))
         )
         for seed in seeds
