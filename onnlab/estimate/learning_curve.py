@@ -19,9 +19,9 @@ factor fitted to trained answers:
    explains them within their sampling noise (`power_law_range`: small n still bends), and the
    line is read at the full training-set size. The fit sees only the estimator's own subsets.
 
-Known limits (scope): random crops are not modelled (81 shifted Grams would cost more than
-training), the PSFs stay at their random draw (the trained student learns them), and the
-power law is extrapolated 20-50x beyond the largest subset.
+Known limits (scope): random crops are not modelled (a translation-group average would cost
+81 Grams; sampled shifts do not form a group and give an indefinite kernel), the PSFs learn only
+through their NTK term (linearised), and the line is read 20-45x beyond the largest subset.
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def trained_hybrid_estimate(
     """Predicted test accuracy of the trained student at ``n_full`` training images.
 
     ``est`` holds the architecture (with the task's hidden layers) and the splits; its train
-    split is the largest subset m (nested subsets are its prefixes, so they are independent
-    random draws of the training set when the split was drawn at random).
+    split (a seeded random draw) is the largest subset m, and each smaller size n is scored on
+    every disjoint block of n consecutive images of it.
     """
     if est.arch.kind != "classification":
         raise ValueError("the learning-curve estimate is for classification tasks")
@@ -189,8 +189,8 @@ def trained_hybrid_estimate(
     sizes = sorted({max(2, round(m * fr)) for fr in fractions})
     points = []
     for n in sizes:
-        # every disjoint subset of size n in the m images (m / n of them): their mean error
-        # is the point, so the smaller sizes cost little and add no sampling noise of their own
+        # every disjoint subset of size n in the m images (m / n of them): their mean error is
+        # the point, so the smaller sizes (cheap to solve) carry less training-draw noise
         runs = []
         for lo in range(0, m - n + 1, n):
             rows = slice(lo, lo + n)
