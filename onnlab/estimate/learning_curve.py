@@ -1,4 +1,4 @@
-"""Estimate of the trained hybrid: NTK regression on nested subsets, read off a power law.
+"""Estimate of the trained hybrid: NTK regression on training subsets, read off a power law.
 
 What `onnlab train` builds is not a linear readout of random PSFs: it is the task's student
 (K PSFs, sensor binning, the task's hidden layers) trained on the whole training set, with the
@@ -6,8 +6,11 @@ task's augmentation. This estimate predicts that student's test accuracy from th
 factor fitted to trained answers:
 
 1. **Kernel.** The NTK of the student at infinite backend width (`onnlab.estimate.kernels`,
-   depth = the task's hidden layers), on the design's K PSFs drawn from the prior. When the
-   student trains with horizontal flips, the kernel is the flip average
+   depth = the task's hidden layers), on the design's K PSFs drawn from the prior, with the
+   PSF layer's own gradient term: the gradient of a binned response w.r.t. its PSF is the
+   binned patch, so that term is the isotropic patch kernel (`features.PatchKernel`), put at
+   the optical kernel's scale (NTK parameterisation). When the student trains with horizontal
+   flips, the kernel is the flip average
    ``½[Θ(x, x') + Θ(x, F x')]``: regression on a group-augmented set is regression with the
    group-averaged kernel (Mei, Misiakiewicz & Montanari 2021, "Learning with invariances in
    random features and kernel models").
