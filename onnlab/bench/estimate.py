@@ -225,13 +225,6 @@ DEFAULT_RUN = {"n_train": 1000, "n_val": 500, "n_test": 1000, "kernels": "4,16,6
 
 
 # against=trained: the learning curve's sizes per task (onnlab.estimate.learning_curve)
-def _trained_sizes(task: str) -> dict[str, int]:
-    from onnlab.estimate.learning_curve import CURVE_SIZES
-
-    m, n_val, n_test = CURVE_SIZES.get(task, CURVE_SIZES["mnist"])
-    return {"n_train": m, "n_val": n_val, "n_test": n_test}
-
-
 def parse_options(pairs: list[str]) -> dict[str, Any]:
     """``["task=cifar10", "n_train=1000"]`` -> typed options (ValueError names a bad key/value)."""
     out: dict[str, Any] = {}
@@ -273,11 +266,9 @@ def run(quick: bool = False, seed: int = 0, **options: Any) -> dict:
     torch.set_num_threads(settings["threads"])
     try:
         if settings["against"] == "trained":
-            sizes = _trained_sizes(settings["task"])
-            quick_sizes = {k: QUICK[k] for k in ("n_train", "n_val", "n_test")}
-            sizes = (quick_sizes if quick else sizes) | {
-                k: v for k, v in options.items() if k in ("n_train", "n_val", "n_test")
-            }
+            names = ("n_train", "n_val", "n_test")  # unset: the task's learning-curve sizes
+            sizes = {k: QUICK[k] for k in names} if quick else {}
+            sizes |= {k: v for k, v in options.items() if k in names}
             seeds = tuple(range(seed, seed + settings["estimate_seeds"]))
             return validate_trained(
                 settings["task"], data_root=settings["data_root"], seeds=seeds, **sizes

@@ -19,7 +19,7 @@ import torch
 
 from onnlab.estimate.design import design_network
 from onnlab.estimate.estimator import Estimator, Split
-from onnlab.estimate.learning_curve import trained_hybrid_estimate
+from onnlab.estimate.learning_curve import CURVE_SIZES, trained_hybrid_estimate
 from onnlab.models.zoo import STUDENT_DEFAULTS
 from onnlab.training.config import DEFAULTS
 
@@ -35,6 +35,13 @@ def load_split(task: str, split: str, data_root: str | None, limit: int, seed: i
     return Split(ds.images, ds.targets)
 
 
+def student_kernel(task: str) -> tuple[tuple[int, ...], bool]:
+    """(hidden widths, flips) of the student `onnlab train` builds for ``task``: the backend
+    depth of its NTK and whether its kernel is flip-averaged (the student trains with flips)."""
+    hidden = tuple(STUDENT_DEFAULTS[task]["hidden"])
+    return hidden, "flip" in DEFAULTS[(task, "student")].get("augment", "none")
+
+
 def load_references(path: Path = REFERENCES) -> dict:
     """The committed trained-hybrid table (see the module docstring)."""
     return json.loads(Path(path).read_text())
@@ -44,9 +51,9 @@ def validate_trained(
     task: str = "mnist",
     *,
     data_root: str | None = None,
-    n_train: int = 1000,
-    n_val: int = 1000,
-    n_test: int = 2000,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_test: int | None = None,
     seeds: tuple[int, ...] = (0,),
     references: Path = REFERENCES,
     log=None,
@@ -55,7 +62,7 @@ def validate_trained(
 
     Each seed draws its own training subset, validation split and PSFs; a row's prediction is
     the mean over ``seeds`` (its std says how much one estimate can be trusted), its time the
-    mean time of one estimate.
+    mean time of one estimate. Sizes left None are the task's ``CURVE_SIZES``.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     table = load_references(references)
@@ -64,8 +71,11 @@ def validate_trained(
     if not seeds:
         raise ValueError("seeds must name at least one estimate seed")
     entry = table["tasks"][task]
-    flips = "flip" in DEFAULTS[(task, "student")].get("augment", "none")
-    hidden = tuple(STUDENT_DEFAULTS[task]["hidden"])
+    hidden, flips = student_kernel(task)
+    m, v, t = CURVE_SIZES[task]
+    n_train = m if n_train is None else n_train
+    n_val = v if n_val is None else n_val
+    n_test = t if n_test is None else n_test
     splits = {
         seed: tuple(
             load_split(task, name, data_root, size, seed)

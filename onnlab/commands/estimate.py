@@ -76,17 +76,15 @@ def _trained_student(task: str, make, aperture_mm, psfs, data_root, seed: int):
     The task's student backend (hidden layers), the same K PSFs, its flips if the task's student
     trains with them, read at the size of the whole training split.
     """
+    from onnlab.bench.estimate_trained import student_kernel
     from onnlab.data.datasets import split_size
     from onnlab.estimate.estimator import Estimator
     from onnlab.estimate.learning_curve import CURVE_SIZES, trained_hybrid_estimate
-    from onnlab.models.zoo import STUDENT_DEFAULTS
-    from onnlab.training.config import DEFAULTS
 
-    hidden = tuple(STUDENT_DEFAULTS[task]["hidden"])
+    hidden, flips = student_kernel(task)
     design = make(aperture_mm, hidden)
     train, val, test = _splits(task, data_root, seed, *CURVE_SIZES[task])
     est = Estimator(design.architecture, train, val, test, seed=seed)
-    flips = "flip" in DEFAULTS[(task, "student")].get("augment", "none")
     n_full = split_size(task, "train", data_root, seed)
     pred = trained_hybrid_estimate(est, psfs, n_full, flips=flips)
     pred.details["hidden"] = hidden

@@ -106,8 +106,7 @@ class TeacherOutputs:
         if bool(missing.any()):
             fresh = self._run(x[missing.to(x.device)])
             if store is None:
-                store = torch.empty((len(ok), *fresh.shape[1:]), dtype=fresh.dtype)
-                store = store.to(fresh.device)
+                store = fresh.new_zeros((len(ok), *fresh.shape[1:]))
             store[rows[missing].to(store.device)] = fresh
             ok[rows[missing]] = True
         assert store is not None
@@ -136,7 +135,8 @@ class TeacherOutputs:
             self._store = fresh.new_zeros((len(self._store_ok), *fresh.shape[1:]))
             self._store[rows.to(fresh.device)] = fresh
             self._store_ok[rows] = True
-        self._store = self._fill(self._store, self._store_ok, rows, x)
+        else:
+            self._store = self._fill(self._store, self._store_ok, rows, x)
         out = self._store[rows.to(self._store.device)]
         done = int(self._store_ok.sum()) >= self._view_stream.samples_per_epoch
         if not self._store_saved and done:
@@ -146,14 +146,15 @@ class TeacherOutputs:
     def _key(self) -> str:
         train = self._train_set
         targets = getattr(train, "targets", None)
+        weights = sorted(self.teacher.state_dict().items())
         return _digest(
             FORMAT,
             self._view_stream,
             torch.__version__.split("+")[0],
             train.images,
             targets if isinstance(targets, torch.Tensor) else None,
-            *(v for _, v in sorted(self.teacher.state_dict().items())),
-            *sorted(self.teacher.state_dict()),
+            *(name for name, _ in weights),
+            *(value for _, value in weights),
         )
 
     def _open_epoch(self, epoch: int, n: int) -> None:
