@@ -47,6 +47,10 @@ def dense(
     k: KernelPair, w_var: float = 1.0, b_var: float = 0.0, trainable: bool = True
 ) -> KernelPair:
     """Fully connected layer (any width; the kernel is its infinite-width limit)."""
+    if w_var == 1.0 and b_var == 0.0:  # the NTK default: no full-size copies of the inputs
+        nngp = k.nngp
+        ntk = k.nngp + k.ntk if trainable else k.ntk
+        return KernelPair(nngp, ntk, k.diag_rows, k.diag_cols)
     nngp = w_var * k.nngp + b_var
     ntk = nngp + w_var * k.ntk if trainable else w_var * k.ntk
     return KernelPair(nngp, ntk, w_var * k.diag_rows + b_var, w_var * k.diag_cols + b_var)
@@ -55,11 +59,12 @@ def dense(
 def relu(k: KernelPair) -> KernelPair:
     """ReLU on Gaussian pre-activations (Cho & Saul arc-cosine kernels)."""
     norm = torch.outer(k.diag_rows, k.diag_cols).clamp_min_(1e-300).sqrt_()
-    cos = (k.nngp / norm).clamp_(-1.0, 1.0)
-    # (pi - theta) / (2 pi), and sin(theta) = sqrt(1 - cos^2): in place, few full-size temporaries
-    slope = torch.arccos(cos).neg_().add_(math.pi).div_(2 * math.pi)
-    sin = cos.square().neg_().add_(1.0).clamp_min_(0.0).sqrt_()
-    nngp = sin.div_(2 * math.pi).add_(slope * cos).mul_(norm)
+    cos = torch.div(k.nngp, norm).clamp_(-1.0, 1.0)
+    # few passes over full-size matrices, in place: sin(theta), then theta -> (pi - theta) / 2 pi
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    slope = theta.mul_(-1 / (2 * math.pi)).add_(0.5)
+    nngp = sin.mul_(1 / (2 * math.pi)).addcmul_(slope, cos).mul_(norm)
     ntk = k.ntk * slope
     return KernelPair(nngp, ntk, 0.5 * k.diag_rows, 0.5 * k.diag_cols)
 

@@ -63,19 +63,19 @@ def _split_lambdas(
     return {lam: out[:, i * c : (i + 1) * c] + mean for i, lam in enumerate(lambdas)}
 
 
-def kernel_ridge(
+def fit_kernel_ridge(
     gram_train: torch.Tensor,
     y_train: torch.Tensor,
-    gram_eval: torch.Tensor,
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
     *,
     relative: bool = True,
-) -> dict[float, torch.Tensor]:
-    """Predictions ``gram_eval (gram_train + lam I)^-1 Y`` for every lam, one eigh for all.
+) -> LinearRidge:
+    """Dual coefficients ``(gram_train + lam I)^-1 Y`` for every lam, one eigh for all.
 
-    The dual coefficients of all lambdas are formed in the training eigenbasis first, so the
-    (m, n) evaluation kernel is multiplied once by an (n, c * L) matrix rather than rotated
-    into the eigenbasis (m n^2).
+    The result predicts from evaluation-kernel rows (``LinearRidge.predict(gram_eval)``): the
+    dual coefficients of all lambdas are formed in the training eigenbasis first, so an (m, n)
+    evaluation kernel is multiplied once by an (n, c * L) matrix rather than rotated into the
+    eigenbasis (m n^2), and a split that needs one lambda only pays for that one.
     """
     g = gram_train.to(torch.float64)
     y = y_train.to(torch.float64)
@@ -86,15 +86,29 @@ def kernel_ridge(
     scale = float(torch.diagonal(g).mean()) if relative else 1.0
     lambdas = tuple(lambdas)
     alpha = evecs @ _ridge_coefficients(evals, evecs.T @ (y - mean), lambdas, scale)
-    return _split_lambdas(gram_eval.to(torch.float64) @ alpha, mean, lambdas)
+    return LinearRidge(alpha, mean, lambdas)
+
+
+def kernel_ridge(
+    gram_train: torch.Tensor,
+    y_train: torch.Tensor,
+    gram_eval: torch.Tensor,
+    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
+    *,
+    relative: bool = True,
+) -> dict[float, torch.Tensor]:
+    """Predictions ``gram_eval (gram_train + lam I)^-1 Y`` for every lam (`fit_kernel_ridge`)."""
+    return fit_kernel_ridge(gram_train, y_train, lambdas, relative=relative).predict(gram_eval)
 
 
 @dataclass
 class LinearRidge:
-    """Ridge regression on explicit features, fitted for a whole grid of lambdas at once.
+    """Ridge regression fitted for a whole grid of lambdas at once, linear in what it reads.
 
     ``weights`` (D, c * L) holds one readout per lambda: the predictions of every lambda on a
-    chunk of evaluation features cost one (B, D) x (D, c * L) product.
+    chunk of evaluation rows cost one (B, D) x (D, c * L) product. The rows are explicit
+    features (`fit_linear_ridge`) or kernel rows against the training set, the weights then
+    being dual coefficients (`fit_kernel_ridge`).
     """
 
     weights: torch.Tensor
@@ -191,15 +205,12 @@ def classify(
     `feature_ridge`); the predictions are the same.
     """
     y = one_hot(labels_train, n_classes)
-    both = torch.cat([gram_val, gram_test])
-    solve = feature_ridge if features else kernel_ridge
-    preds = solve(gram_train, y, both, lambdas)
-    nv = gram_val.shape[0]
-    return select_ridge(
-        {lam: p[:nv] for lam, p in preds.items()},
-        labels_val,
-        {lam: p[nv:] for lam, p in preds.items()},
-        labels_test,
+    fit = (fit_linear_ridge if features else fit_kernel_ridge)(gram_train, y, lambdas)
+    choice = select_ridge(fit.predict(gram_val), labels_val, {}, None)
+    lam = choice.lambda_rel
+    test_pred = fit.predict(gram_test, (lam,))[lam]  # the test split at the chosen ridge only
+    return RidgeResult(
+        accuracy(test_pred, labels_test), choice.val_score, lam, choice.val_scores, test_pred
     )
 
 

@@ -138,10 +138,28 @@ def test_patch_kernel_in_pixels_equals_the_isotropic_moment_features(channels, h
     y = torch.rand(5, channels, *hw, dtype=torch.float64)
     centre, _ = patch_statistics(x, geom)
     eye = torch.eye(geom.n_psf, dtype=torch.float64)
-    reference = optical_gram(x, [y], OpticalFeatures.from_factor(factor_psd(eye), geom, centre))
+    isotropic = OpticalFeatures.from_factor(factor_psd(eye), geom, centre)
+    reference = optical_gram(x, [y], isotropic)
+    # float32 feature products: ~1e-6 of the kernel's scale, the diagonals still float64
+    low = optical_gram(x, [y], isotropic, product_dtype=torch.float32)
+    scale_tol = {"atol": 1e-5 * float(reference.train.abs().max()), "rtol": 0.0}
+    torch.testing.assert_close(low.train, reference.train, **scale_tol)
+    torch.testing.assert_close(low.cross[0], reference.cross[0], **scale_tol)
+    assert low.train.dtype == torch.float64
+    torch.testing.assert_close(low.diag_cross[0], reference.diag_cross[0], rtol=1e-12, atol=0)
     kernel = PatchKernel.build(geom, centre)
     fx, fy = kernel.features(x), kernel.features(y)
     tol = {"atol": 1e-12 * float(reference.train.abs().max()), "rtol": 0.0}
     torch.testing.assert_close(kernel.block(fx, fx), reference.train, **tol)
     torch.testing.assert_close(kernel.block(fy, fx), reference.cross[0], **tol)
     torch.testing.assert_close(kernel.diagonal(fx), reference.diag_train, **tol)
+    # the learning curve's reduced-precision product: float64 out, ~1e-6 relative, scaled
+    scale = 0.37
+    low = kernel.block(fy, fx, scale, torch.float32)
+    assert low.dtype == torch.float64
+    torch.testing.assert_close(
+        low,
+        scale * reference.cross[0],
+        atol=1e-5 * scale * float(reference.train.abs().max()),
+        rtol=0,
+    )
