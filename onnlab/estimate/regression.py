@@ -56,6 +56,20 @@ def _ridge_coefficients(
     return torch.cat([proj / (evals + lam * scale)[:, None] for lam in lambdas], dim=1)
 
 
+def _centred_targets(y_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y - mean, mean), float64, (n, c): the intercept is the training mean, unpenalised."""
+    y = y_train.to(torch.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    mean = y.mean(0, keepdim=True)
+    return y - mean, mean
+
+
+def _psd_spectrum(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (clamped at 0: rounding) and eigenvectors of a symmetrised PSD matrix."""
+    evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.T))
+    return evals.clamp_min(0.0), evecs
+
+
 def _split_lambdas(
     out: torch.Tensor, mean: torch.Tensor, lambdas: tuple[float, ...]
 ) -> dict[float, torch.Tensor]:
@@ -78,14 +92,11 @@ def fit_kernel_ridge(
     eigenbasis (m n^2), and a split that needs one lambda only pays for that one.
     """
     g = gram_train.to(torch.float64)
-    y = y_train.to(torch.float64)
-    y = y[:, None] if y.ndim == 1 else y
-    mean = y.mean(0, keepdim=True)
-    evals, evecs = torch.linalg.eigh(0.5 * (g + g.T))
-    evals = evals.clamp_min(0.0)
+    yc, mean = _centred_targets(y_train)
+    evals, evecs = _psd_spectrum(g)
     scale = float(torch.diagonal(g).mean()) if relative else 1.0
     lambdas = tuple(lambdas)
-    alpha = evecs @ _ridge_coefficients(evals, evecs.T @ (y - mean), lambdas, scale)
+    alpha = evecs @ _ridge_coefficients(evals, evecs.T @ yc, lambdas, scale)
     return LinearRidge(alpha, mean, lambdas)
 
 
@@ -138,15 +149,11 @@ def fit_linear_ridge(
     mean dual diagonal trace(Phi^T Phi) / n in both, so the two give the same predictions.
     """
     f = phi_train.to(torch.float64)
-    y = y_train.to(torch.float64)
-    y = y[:, None] if y.ndim == 1 else y
-    mean = y.mean(0, keepdim=True)
-    yc = y - mean
+    yc, mean = _centred_targets(y_train)
     lambdas = tuple(lambdas)
     n, d = f.shape
     gram = f.T @ f if d <= n else f @ f.T
-    evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.T))
-    evals = evals.clamp_min(0.0)
+    evals, evecs = _psd_spectrum(gram)
     scale = float(torch.trace(gram)) / n
     if d <= n:
         weights = evecs @ _ridge_coefficients(evals, evecs.T @ (f.T @ yc), lambdas, scale)
