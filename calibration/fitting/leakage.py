@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from calibration.fitting.deconv import solve_psfs_map
-from calibration.forward import ForwardModel, register_box, tile_boxes
-from onnlab.optics import misalign
+from calibration.forward import ForwardModel
+from calibration.normal_equations import box_normal_equations, tile_boxes
 
 
 def window_boxes(model: ForwardModel, window_px: int) -> list[tuple[int, int, int, int]]:
@@ -48,49 +48,19 @@ def window_gram(
     """Per-kernel Gram matrices G_k = A_kᵀ W A_k (K, n, n), n = C·W², of the full-support
     model, the pixels used per kernel summed over frames, and A_kᵀ W extra (K, n, T) for
     ``extra`` (N, T, H, W) right-hand sides (e.g. geometry derivatives), else None."""
-    t = model.tiles
-    n_c = intensity.shape[1]
     wp = int(window_px)
-    r = wp // 2
-    n = n_c * wp * wp
-    boxes = window_boxes(model, wp)
-    gram = torch.zeros(t.n_kernels, n, n, dtype=torch.float64)
-    rhs_x = None if extra is None else torch.zeros(t.n_kernels, n, extra.shape[1])
-    rhs_x = None if rhs_x is None else rhs_x.to(torch.float64)
-    g = model.geometry
-    h, w = t.image_hw
-    origins = t.tile_origins_px().astype(int)
-    f32 = torch.float32
-    grid = model._grid.to(f32)
-    step = max(1, min(chunk, 2048 // n))
-    with torch.no_grad():
-        for s in range(0, intensity.shape[0], step):
-            x = misalign(
-                intensity[s : s + step].to(f32), g.image_shift.to(f32), g.image_rotation.to(f32)
-            )
-            b = x.shape[0]
-            xp = F.pad(x, (2 * r, 2 * r, 2 * r, 2 * r))
-            shifted = torch.stack(
-                [
-                    xp[:, c, 2 * r - u : 2 * r - u + h + 2 * r, 2 * r - v : 2 * r - v + w + 2 * r]
-                    for c in range(n_c)
-                    for u in range(wp)
-                    for v in range(wp)
-                ]
-            ).reshape(n * b, h + 2 * r, w + 2 * r)  # basis response of every window pixel
-            wt = None if weights is None else weights[s : s + step].to(f32)
-            for j, (y0, y1, x0, x1) in enumerate(boxes):
-                oy, ox = origins[j]
-                a = register_box(grid, boxes[j], shifted, (oy - r, ox - r), t.camera_hw)
-                ak = a.reshape(n, -1)
-                wk = ak if wt is None else ak * wt[:, y0:y1, x0:x1].reshape(1, -1)
-                gram[j] += (wk @ ak.T).to(torch.float64)
-                if rhs_x is not None and extra is not None:
-                    ex = extra[s : s + step, :, y0:y1, x0:x1].to(f32)
-                    ex = ex.permute(0, 2, 3, 1).reshape(-1, ex.shape[1])
-                    rhs_x[j] += (wk @ ex).to(torch.float64)
-    per_kernel = int(np.mean([(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes]))
-    return gram, per_kernel * int(intensity.shape[0]), rhs_x
+    gram, _, _, pixels, rhs_x = box_normal_equations(
+        model,
+        intensity,
+        wp,
+        window_boxes(model, wp),
+        extension_px=wp // 2,
+        weights=weights,
+        extra=extra,
+        chunk=chunk,
+        max_rows=2048,
+    )
+    return gram, pixels, rhs_x
 
 
 def background_basis(intensity: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from calibration.fitting.deconv import solve_psfs_map
-from calibration.forward import ForwardModel, Geometry, psf_normal_equations
+from calibration.forward import ForwardModel, Geometry
+from calibration.normal_equations import psf_normal_equations
 
 # Finite-difference steps per parameter: (ty, tx) px, rotation rad, log scale,
 # (βy, βx) px, display rotation rad. Bilinear models are piecewise linear, so central

@@ -37,7 +37,8 @@ from calibration.fitting.leakage import (
     refine_window,
     unexplained_fraction,
 )
-from calibration.forward import ForwardModel, psf_normal_equations
+from calibration.forward import ForwardModel
+from calibration.normal_equations import psf_normal_equations
 from calibration.procedures.base import BenchContext, StepResult, with_single_thread
 from calibration.procedures.geometry import composite_offset, refine_geometry_varpro
 from calibration.procedures.patterns import dot_image, dot_phases, dot_positions, random_binary

@@ -35,7 +35,8 @@ from scipy.optimize import least_squares
 from scipy.signal import convolve2d
 
 from calibration.fitting.registration import psf_centroid_offset, window_centroids
-from calibration.forward import ForwardModel, Geometry, TileGeometry, tile_boxes
+from calibration.forward import ForwardModel, Geometry, TileGeometry
+from calibration.normal_equations import tile_boxes
 from calibration.procedures.base import BenchContext, StepResult, with_single_thread
 from calibration.procedures.patterns import dot_image, dot_phases, dot_positions
 from onnlab.errors import CalibrationError

@@ -17,7 +17,8 @@ from calibration.fitting.registration import (
     window_centroids,
 )
 from calibration.fitting.response import fit_display_response, gamma_curve, isotonic_increasing
-from calibration.forward import ForwardModel, Geometry, TileGeometry, psf_normal_equations
+from calibration.forward import ForwardModel, Geometry, TileGeometry
+from calibration.normal_equations import psf_normal_equations
 from onnlab.errors import CalibrationError
 from onnlab.optics import SensorModel, defocus_psfs
 
