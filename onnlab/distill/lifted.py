@@ -10,6 +10,7 @@ through those weights alone; otherwise the caller falls back to a vmapped VJP of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +180,7 @@ def _conv_options(call: Call) -> dict[str, Any]:
     }
 
 
-def lifted_jacobian(
+def lifted_rows_or_gram(
     owner: _Owner,
     calls: list[Call],
     grads: list[Tensor | None],
@@ -188,7 +189,9 @@ def lifted_jacobian(
     budget: int,
     pools: list[Call | None] | None = None,
 ) -> Tensor:
-    """Per-sample rows (M, B, P) for parameters acting through intercepted dense weights.
+    """Per-sample rows (M, B, P) for parameters acting through intercepted dense weights, or
+    directly their Gram contribution (B, B) when the module's kernels are independent and the
+    block rule is cheaper (`_block_gram`).
 
     ``grads[i]`` is the output-gradient of ``calls[i]``, or of its only consumer ``pools[i]``
     (an avg_pool2d), in which case the patches are pooled the same way.
@@ -235,6 +238,8 @@ def lifted_jacobian(
         return tuple(sink[i] for i in keep)
 
     _, pullback = vjp(weights_of, params)
+    if _kernel_blocks(owner.module, params, rows, M * B):
+        return _block_gram(pullback, params, rows, M, B)
     n_params = sum(p.numel() for p in params.values())
     step = max(1, budget // max(1, n_params + sum(r[0].numel() for r in rows)))
     chunks = []
@@ -242,3 +247,50 @@ def lifted_jacobian(
         pulled = vmap(pullback)(tuple(r[r0 : r0 + step] for r in rows))[0]
         chunks.append(torch.cat([pulled[k].flatten(1) for k in params], dim=1))
     return torch.cat(chunks).view(M, B, -1)
+
+
+def _kernel_blocks(
+    module: torch.nn.Module, params: dict[str, Tensor], rows: list[Tensor], n_rows: int
+) -> bool:
+    """Whether the block rule applies, and pays: see `_block_gram`.
+
+    The module must declare ``independent_kernels = True`` (weight block k is a function of the
+    parameter slices ``[k]`` alone -- the phase frontend: one sub-aperture per kernel), every
+    parameter and weight must share that leading kernel axis, and one block's weight must have
+    fewer entries than there are rows to pull back.
+    """
+    if not getattr(module, "independent_kernels", False):
+        return False
+    k = rows[0].shape[1]
+    if any(r.shape[1] != k for r in rows) or any(p.shape[0] != k for p in params.values()):
+        return False
+    return sum(r[0, 0].numel() for r in rows) < n_rows
+
+
+def _block_gram(
+    pullback: Callable[..., Any], params: dict[str, Tensor], rows: list[Tensor], M: int, B: int
+) -> Tensor:
+    """Gram ``sum_m sum_k R_mk (J_k J_k^T) R_mk^T`` of kernel-independent weights (B, B).
+
+    Why: pulling every one of the M*B rows ``R`` (gradients w.r.t. the computed weights) back
+    through the parameter map costs M*B VJPs -- for the phase frontend, M*B passes through the
+    wave model.  When kernel k's weight depends on its own parameters only, the Jacobian
+    ``J_k`` (D x P_k, D = entries of one kernel's weight) comes from D VJPs whose cotangents
+    hit the same entry of every kernel at once; the Gram then needs only the small D x D
+    kernel ``J_k J_k^T`` per kernel.  Exact, and differentiable like the row path.
+    """
+    K = rows[0].shape[1]
+    widths = [r[0, 0].numel() for r in rows]
+    D = sum(widths)
+    eye = torch.eye(D, dtype=rows[0].dtype, device=rows[0].device)
+    basis, at = [], 0
+    for r, w in zip(rows, widths, strict=True):
+        block = eye[:, at : at + w].reshape(D, 1, *r.shape[2:])
+        basis.append(block.expand(D, K, *r.shape[2:]))
+        at += w
+    pulled = vmap(pullback)(tuple(basis))[0]
+    jac = torch.cat([pulled[k].flatten(2) for k in params], dim=2).transpose(0, 1)  # (K, D, P)
+    kernel = torch.bmm(jac, jac.transpose(1, 2))  # (K, D, D)
+    R = torch.cat([r.flatten(2) for r in rows], dim=2).view(M, B, K, D)
+    RK = torch.einsum("mbkd,kde->mbke", R, kernel)
+    return torch.einsum("mbke,mcke->bc", RK, R)

@@ -39,7 +39,7 @@ from onnlab.distill.dense import (
     sum_gram,
     use_grouped,
 )
-from onnlab.distill.lifted import Call, DenseCalls, UseCounter, lifted_calls, lifted_jacobian
+from onnlab.distill.lifted import Call, DenseCalls, UseCounter, lifted_calls, lifted_rows_or_gram
 
 # Elements of per-sample Jacobian materialised at once when the caller gives no chunk size.
 DEFAULT_BUDGET = 2**24
@@ -278,7 +278,11 @@ def structured_gram(
         if kind == "lifted":
             if any(g is not None for g in gs):
                 calls, pools = extra
-                jac_rows.append(lifted_jacobian(owner, calls, gs, primals, B, budget, pools))
+                part = lifted_rows_or_gram(owner, calls, gs, primals, B, budget, pools)
+                if part.dim() == 2:
+                    gram = gram + part
+                else:
+                    jac_rows.append(part)
         elif gs[0] is None:
             continue
         elif kind == "dense":

@@ -214,6 +214,10 @@ class PhaseMaskFrontend(nn.Module):
         self.register_buffer("measured", torch.zeros(shape))
         self.register_buffer("measured_active", torch.tensor(False))
 
+    # Kernel k's PSF is a function of phase[k] alone (its own sub-aperture): the exact NTK Gram
+    # may take the Jacobian of the wave model per kernel (`onnlab.distill.lifted._block_gram`).
+    independent_kernels = True
+
     # Same feature semantics as the free frontend: one definition of `forward`/`n_features`.
     n_features = OpticalFrontend.n_features
     forward = OpticalFrontend.forward
