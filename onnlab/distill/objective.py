@@ -233,6 +233,9 @@ class NTKDObjective:
             ntk_batch = None
         if ntk_batch is not None and (not isinstance(ntk_batch, int) or ntk_batch < 2):
             raise ValueError(f"ntk_batch must be >= 2, or 0/None for the whole batch: {ntk_batch}")
+        if ntk_batch == 2 and normalisation == "cka":
+            # a centred 2 x 2 Gram is c [[1, -1], [-1, 1]]: the CKA of any two is 1, no signal
+            raise ValueError("ntk_batch=2 with normalisation='cka' is constant (CKA of 2 x 2 = 1)")
         self.teacher = teacher.eval()
         self.outputs = TeacherOutputs(self.teacher)  # logit-KD outputs, cached where repeated
         for p in self.teacher.parameters():

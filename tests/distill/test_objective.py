@@ -168,4 +168,9 @@ def test_ntk_batch_takes_grams_on_a_prefix_and_task_on_all() -> None:
     assert logs["task"] == pytest.approx(float(task), rel=1e-5)
     with pytest.raises(ValueError, match="ntk_batch"):
         NTKDObjective(teacher, "mnist", ntk_batch=1)
+    with pytest.raises(ValueError, match="CKA"):  # a centred 2 x 2 Gram: CKA 1 for any model
+        NTKDObjective(teacher, "mnist", ntk_batch=2, normalisation="cka")
+    g = torch.tensor([[2.0, 0.3], [0.3, 1.0]])
+    assert float(ntkd_loss(g, torch.tensor([[1.0, -0.9], [-0.9, 5.0]]), "cka")) < 1e-6
+    NTKDObjective(teacher, "mnist", ntk_batch=2, normalisation="trace")  # trace: still signal
     assert NTKDObjective(teacher, "mnist", ntk_batch=0).ntk_batch is None  # CLI: whole batch
