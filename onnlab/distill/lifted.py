@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.func import functional_call, vjp, vmap
 from torch.overrides import TorchFunctionMode
 
-from onnlab.distill.dense import conv_per_sample, dense_inputs, use_grouped
+from onnlab.distill.dense import Unsupported, conv_per_sample, dense_inputs, sum_gram, use_grouped
 
 if TYPE_CHECKING:
     from onnlab.distill.structured import _Owner
@@ -230,6 +231,9 @@ def lifted_rows_or_gram(
         for a in owner.args
     )
     params = {local: primals[full] for local, full in owner.names.items()}
+    blocks = _independent_kernels(owner.module, params, rows)
+    if blocks and hasattr(owner.module, "kernel_jacobians"):
+        return _psf_block_gram(owner, args, shapes, keep, params, rows, M, B)
 
     def weights_of(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
         sink: list[Tensor] = []
@@ -238,7 +242,7 @@ def lifted_rows_or_gram(
         return tuple(sink[i] for i in keep)
 
     _, pullback = vjp(weights_of, params)
-    if _kernel_blocks(owner.module, params, rows, M * B):
+    if blocks and sum(r[0, 0].numel() for r in rows) < M * B:
         return _block_gram(pullback, params, rows, M, B)
     n_params = sum(p.numel() for p in params.values())
     step = max(1, budget // max(1, n_params + sum(r[0].numel() for r in rows)))
@@ -249,22 +253,72 @@ def lifted_rows_or_gram(
     return torch.cat(chunks).view(M, B, -1)
 
 
-def _kernel_blocks(
-    module: torch.nn.Module, params: dict[str, Tensor], rows: list[Tensor], n_rows: int
+def _independent_kernels(
+    module: torch.nn.Module, params: dict[str, Tensor], rows: list[Tensor]
 ) -> bool:
-    """Whether the block rule applies, and pays: see `_block_gram`.
+    """Whether the block rules (`_block_gram`, `_psf_block_gram`) apply.
 
     The module must declare ``independent_kernels = True`` (weight block k is a function of the
-    parameter slices ``[k]`` alone -- the phase frontend: one sub-aperture per kernel), every
-    parameter and weight must share that leading kernel axis, and one block's weight must have
-    fewer entries than there are rows to pull back.
+    parameter slices ``[k]`` alone -- the phase frontend: one sub-aperture per kernel), and every
+    parameter and weight must share that leading kernel axis.
     """
     if not getattr(module, "independent_kernels", False):
         return False
     k = rows[0].shape[1]
-    if any(r.shape[1] != k for r in rows) or any(p.shape[0] != k for p in params.values()):
-        return False
-    return sum(r[0, 0].numel() for r in rows) < n_rows
+    return all(r.shape[1] == k for r in rows) and all(p.shape[0] == k for p in params.values())
+
+
+def _kernel_gram(R: Tensor, jac: Tensor) -> Tensor:
+    """(B, B) ``sum_m sum_k (R_mk J_k)(R_mk J_k)^T`` for rows R (M, B, K, D), J (K, D, P).
+
+    Through the small D x D kernel ``J_k J_k^T`` when there are more rows than D, else through
+    the parameter-space rows themselves.
+    """
+    M, B, K, D = R.shape
+    if M * B >= D:
+        kernel = torch.bmm(jac, jac.transpose(1, 2))  # (K, D, D)
+        RK = torch.einsum("mbkd,kde->mbke", R, kernel)
+        return torch.einsum("mbke,mcke->bc", RK, R)
+    return sum_gram(torch.einsum("mbkd,kdp->mbkp", R, jac).reshape(M, B, K * jac.shape[2]))
+
+
+def _psf_block_gram(
+    owner: _Owner,
+    args: tuple[Any, ...],
+    shapes: list[torch.Size],
+    keep: list[int],
+    params: dict[str, Tensor],
+    rows: list[Tensor],
+    M: int,
+    B: int,
+) -> Tensor:
+    """Gram of a module that gives its PSF Jacobians per kernel (``kernel_jacobians``).
+
+    Why: the phase frontend's PSFs come from the wave model, and any autograd route to their
+    Jacobian pays one pass through it per row or per PSF value; the module's closed form
+    (`onnlab.optics.psf_jacobian`) costs about one. The rows (gradients w.r.t. the intercepted
+    weights) are first taken back to the PSFs through the module's own ``psfs() -> weights``
+    map (a flip and a cast: linear, and cheap to pull back through), with ``psfs`` swapped for
+    a placeholder so the wave model is not run.
+    """
+    module = owner.module
+    jacs = module.kernel_jacobians(params)
+    if set(jacs) != set(params):
+        raise Unsupported(f"{owner.path}.kernel_jacobians must cover {sorted(params)}")
+    with torch.no_grad():
+        psf0 = module.psfs().to(rows[0].dtype)
+
+    def weights_of_psfs(psf: Tensor) -> tuple[Tensor, ...]:
+        sink: list[Tensor] = []
+        with _WeightsOnly(sink, shapes), patch.object(module, "psfs", lambda: psf):
+            module(*args, **owner.kwargs)
+        return tuple(sink[i] for i in keep)
+
+    _, to_psfs = vjp(weights_of_psfs, psf0)
+    R = vmap(to_psfs)(tuple(rows))[0]  # (M B, K, C, kh, kw)
+    parts = [jacs[name].to(R.dtype) for name in params]
+    jac = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (K, D, P)
+    return _kernel_gram(R.reshape(M, B, R.shape[1], -1), jac)
 
 
 def _block_gram(
@@ -290,7 +344,4 @@ def _block_gram(
         at += w
     pulled = vmap(pullback)(tuple(basis))[0]
     jac = torch.cat([pulled[k].flatten(2) for k in params], dim=2).transpose(0, 1)  # (K, D, P)
-    kernel = torch.bmm(jac, jac.transpose(1, 2))  # (K, D, D)
-    R = torch.cat([r.flatten(2) for r in rows], dim=2).view(M, B, K, D)
-    RK = torch.einsum("mbkd,kde->mbke", R, kernel)
-    return torch.einsum("mbke,mcke->bc", RK, R)
+    return _kernel_gram(torch.cat([r.flatten(2) for r in rows], dim=2).view(M, B, K, D), jac)

@@ -66,6 +66,7 @@ from onnlab.optics.grid import Grid, check_fraunhofer
 from onnlab.optics.layout import OpticsConfig, kernel_layout
 from onnlab.optics.materials import Material, get_material
 from onnlab.optics.psf import psfs_from_phases
+from onnlab.optics.psf_jacobian import psf_phase_jacobian
 
 # Physical systems of the phase frontend per task, as OpticsConfig overrides of
 # `OpticsConfig.preset(task)` (aperture, kernel count, wavelengths come from the preset). The
@@ -215,7 +216,7 @@ class PhaseMaskFrontend(nn.Module):
         self.register_buffer("measured_active", torch.tensor(False))
 
     # Kernel k's PSF is a function of phase[k] alone (its own sub-aperture): the exact NTK Gram
-    # may take the Jacobian of the wave model per kernel (`onnlab.distill.lifted._block_gram`).
+    # takes the PSF Jacobian kernel by kernel (`kernel_jacobians`, `onnlab.distill.lifted`).
     independent_kernels = True
 
     # Same feature semantics as the free frontend: one definition of `forward`/`n_features`.
@@ -260,6 +261,23 @@ class PhaseMaskFrontend(nn.Module):
             check=False,  # checked once in __init__; the optics are immutable
         )
         return psfs * self.max_transmission if self.max_transmission != 1.0 else psfs
+
+    def kernel_jacobians(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"phase": (K, C k k, N N)}: d psfs()[k] / d phase[k], in closed form.
+
+        ``params`` holds the phase to evaluate at (the NTK engine passes its own differentiable
+        copy). Why: the exact NTK Gram needs these Jacobians every step; the closed form
+        (`onnlab.optics.psf_jacobian`) costs about one wave-model pass instead of C k k.
+        """
+        phase = params["phase"]
+        jac = psf_phase_jacobian(
+            phase,
+            self.optics,
+            oversample=self.oversample,
+            refractive_index=self.material.refractive_index,
+        )
+        jac = jac * self.max_transmission if self.max_transmission != 1.0 else jac
+        return {"phase": jac.reshape(self.n_kernels, -1, phase[0].numel())}
 
     def psfs(self) -> torch.Tensor:
         """(K, C, k, k) PSFs: non-negative, each summing to its efficiency (<= 1)."""

@@ -142,14 +142,32 @@ def fraunhofer_to(
     if check:
         check_fraunhofer(grid, lam, f, out_extent_m=out_grid.extent_m)
     u = _complex(field)
-    y, x = grid.axes(torch.float64, u.device)
-    v, w = out_grid.axes(torch.float64, u.device)
+    ay, ax, factor = fraunhofer_matrices(grid, lam, f, out_grid, out_center_m, u.dtype, u.device)
+    return (ay @ u @ ax.transpose(0, 1)) * factor
+
+
+def fraunhofer_matrices(
+    grid: Grid,
+    wavelength_m: float,
+    focal_length_m: float,
+    out_grid: Grid,
+    out_center_m: tuple[float, float] = (0.0, 0.0),
+    dtype: torch.dtype = torch.complex64,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, complex]:
+    """The separable operator of `fraunhofer_to`: out = factor * ay @ field @ ax^T.
+
+    ay (My, Ny) and ax (Mx, Nx) are the Fourier kernels along each axis, factor the constant
+    dA / (i lambda f); explicit, so that derivatives of a PSF (`onnlab.optics.psf_jacobian`) can
+    be formed from the same operator.
+    """
+    lam, f = wavelength_m, focal_length_m
+    y, x = grid.axes(torch.float64, device)
+    v, w = out_grid.axes(torch.float64, device)
     v, w = v + out_center_m[0], w + out_center_m[1]
-    ay = torch.exp(torch.outer(v, y) * (-2j * math.pi / (lam * f))).to(u.dtype)  # (My, Ny)
-    ax = torch.exp(torch.outer(w, x) * (-2j * math.pi / (lam * f))).to(u.dtype)  # (Mx, Nx)
-    out = ay @ u @ ax.transpose(0, 1)
-    scale = grid.area_element_m2 / (lam * f)
-    return out * (scale * -1j)
+    ay = torch.exp(torch.outer(v, y) * (-2j * math.pi / (lam * f))).to(dtype)  # (My, Ny)
+    ax = torch.exp(torch.outer(w, x) * (-2j * math.pi / (lam * f))).to(dtype)  # (Mx, Nx)
+    return ay, ax, grid.area_element_m2 / (lam * f) * -1j
 
 
 def transfer_function(

@@ -72,16 +72,26 @@ def dispersed_phase(
     and with the material's index contrast. ``wrap`` first folds phi0 into [0, 2 pi) as a
     fabricated metasurface does (its gradient is 1 almost everywhere).
     """
+    factor = dispersion_factor(design_wavelength_m, wavelength_m, refractive_index)
+    phi0 = torch.remainder(phase_rad, 2 * math.pi) if wrap else phase_rad
+    return phi0 * factor
+
+
+def dispersion_factor(
+    design_wavelength_m: float,
+    wavelength_m: float,
+    refractive_index: RefractiveIndex | None = None,
+) -> float:
+    """phi(lambda) / phi0 of a thin element (`dispersed_phase`)."""
     lam0 = check_positive("design_wavelength_m", design_wavelength_m)
     lam = check_positive("wavelength_m", wavelength_m)
-    phi0 = torch.remainder(phase_rad, 2 * math.pi) if wrap else phase_rad
     factor = lam0 / lam
     if refractive_index is not None:
         n0, n1 = float(refractive_index(lam0)), float(refractive_index(lam))
         if not (n0 > 1 and n1 > 0):
             raise ValueError(f"refractive_index must exceed 1 at the design wavelength, got {n0}")
         factor *= (n1 - 1) / (n0 - 1)
-    return phi0 * factor
+    return factor
 
 
 def _kernel_hw(kernel_px: int | tuple[int, int]) -> tuple[int, int]:
@@ -89,6 +99,22 @@ def _kernel_hw(kernel_px: int | tuple[int, int]) -> tuple[int, int]:
     if int(kh) < 1 or int(kw) < 1:
         raise ValueError(f"kernel_px must be positive, got {kernel_px!r}")
     return int(kh), int(kw)
+
+
+def sensor_subpixels(
+    kh: int, kw: int, sensor_pitch_m: float, oversample: int
+) -> tuple[Grid, tuple[float, float]]:
+    """Sub-pixel grid of a kh x kw pixel window (oversample^2 per pixel) and its centre offset.
+
+    The optical axis falls on pixel (kh // 2, kw // 2); sub-pixel i = j*m + s has its centre at
+    (j - k//2) p + (s + 1/2 - m/2) p / m, while the Grid puts index i at (i - M//2) p / m, hence
+    a constant offset per axis.
+    """
+    m, p = int(oversample), sensor_pitch_m
+    if m < 1:
+        raise ValueError(f"oversample must be >= 1, got {oversample!r}")
+    offset = tuple((0.5 - m / 2 - (k // 2) * m + (k * m) // 2) * p / m for k in (kh, kw))
+    return Grid((kh * m, kw * m), p / m), (offset[0], offset[1])
 
 
 def psf_from_pupil(
@@ -114,12 +140,7 @@ def psf_from_pupil(
     p = check_positive("sensor_pitch_m", sensor_pitch_m)
     kh, kw = _kernel_hw(kernel_px)
     m = int(oversample)
-    if m < 1:
-        raise ValueError(f"oversample must be >= 1, got {oversample!r}")
-    out_grid = Grid((kh * m, kw * m), p / m)
-    # Sub-pixel i = j*m + s has its centre at (j - k//2) p + (s + 1/2 - m/2) p / m; the Grid puts
-    # index i at (i - M//2) p / m, hence a constant offset per axis.
-    offset = tuple((0.5 - m / 2 - (k // 2) * m + (k * m) // 2) * p / m for k in (kh, kw))
+    out_grid, offset = sensor_subpixels(kh, kw, p, m)
     field = fraunhofer_to(
         pupil, grid, wavelength_m, focal_length_m, out_grid, out_center_m=offset, check=check
     )

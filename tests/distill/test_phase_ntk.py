@@ -35,25 +35,30 @@ def _oracle_gram(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bcp,dcp->bd", rows, rows)
 
 
-# batch: the rule pays (and is taken) when 10 outputs x batch rows outnumber one kernel's
-# C x 7 x 7 PSF entries: 49 for MNIST, 147 for CIFAR-10.
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    used: list[int] = []
+    original = getattr(lifted, name)
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        used.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lifted, name, counted)
+    return used
+
+
+# batch: 10 outputs x batch rows against one kernel's C x 7 x 7 PSF values (49 for MNIST, 147
+# for CIFAR-10): MNIST 4 takes the parameter-space rows, CIFAR-10 16 the D x D kernel form.
 @pytest.mark.parametrize(
-    ("task", "channels", "hw", "batch"), [("mnist", 1, 28, 5), ("cifar10", 3, 32, 16)]
+    ("task", "channels", "hw", "batch"), [("mnist", 1, 28, 4), ("cifar10", 3, 32, 16)]
 )
 def test_phase_student_gram_and_its_gradient_match_autograd(
     task: str, channels: int, hw: int, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The per-kernel block rule (D VJPs through the wave model instead of one per row) is
-    taken, and both the Gram and the gradient of a loss on it equal the autograd oracle's."""
+    """The closed-form PSF Jacobian route is taken, and both the Gram and the gradient of a
+    loss on it equal the autograd oracle's (vmap + jacrev through the wave model)."""
     model, x = _phase_student(task, channels, hw, batch)
-    used = []
-    block_gram = lifted._block_gram
-
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        used.append(1)
-        return block_gram(*args, **kwargs)
-
-    monkeypatch.setattr(lifted, "_block_gram", counting)
+    used = _counting(monkeypatch, "_psf_block_gram")
     weights = torch.randn(
         batch, batch, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
     )
@@ -64,15 +69,26 @@ def test_phase_student_gram_and_its_gradient_match_autograd(
     oracle = _oracle_gram(model, x)
     (oracle_grad,) = torch.autograd.grad((oracle * weights).sum(), phase)
 
-    assert used, "the phase frontend should use the per-kernel block rule"
+    assert used, "the phase frontend should use its closed-form PSF Jacobians"
     assert rel_err(gram.detach(), oracle.detach()) < 1e-10
     assert rel_err(grad, oracle_grad) < 1e-8
 
 
-def test_block_rule_needs_the_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autograd_block_rule_without_closed_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Independent kernels without ``kernel_jacobians``: the Jacobian from D VJPs, same Gram."""
+    model, x = _phase_student("mnist", 1, 28, 6)  # 60 rows > 49 PSF values: block rule pays
+    monkeypatch.delattr(type(model.frontend), "kernel_jacobians")
+    used = _counting(monkeypatch, "_block_gram")
+    gram = ntk_gram(model, x)
+    assert used
+    assert rel_err(gram, _oracle_gram(model, x).detach()) < 1e-10
+
+
+def test_block_rules_need_the_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without ``independent_kernels`` the row pull-back is used, with the same Gram."""
-    model, x = _phase_student("mnist", 1, 28, 5)
+    model, x = _phase_student("mnist", 1, 28, 6)
     with_blocks = ntk_gram(model, x)
     monkeypatch.setattr(type(model.frontend), "independent_kernels", False)
     monkeypatch.setattr(lifted, "_block_gram", None)  # would raise if it were reached
+    monkeypatch.setattr(lifted, "_psf_block_gram", None)
     assert rel_err(ntk_gram(model, x), with_blocks) < 1e-10
