@@ -27,7 +27,9 @@ What it measures, in one process, batch 128:
    gradient (how much of a step is signal), also for the exact gradient across anchor
    batches (the noise SGD has anyway); and the relative error of the matched student Gram vs
    the vmap/jacrev oracle of the projected outputs.
-4. Peak memory of each step: CUDA ``max_memory_allocated``; on CPU the peak resident-set growth
+4. Phase frontend (``phase*`` keys, `onnlab.bench.ntk_phase`): the exact student Gram through
+   the wave model by the closed-form PSF Jacobian against the two autograd routes.
+5. Peak memory of each step: CUDA ``max_memory_allocated``; on CPU the peak resident-set growth
    sampled every millisecond after returning freed memory to the OS (``malloc_trim``).
 
 Timings are ratios taken in the same process with KD and NTKD steps interleaved, because the
@@ -51,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from onnlab.bench.ntk_phase import phase_bench
 from onnlab.bench.ntk_segmentation import rel_error, segmentation_bench
 from onnlab.distill.losses import centre_gram
 from onnlab.distill.ntk import ntk_gram
@@ -360,7 +363,12 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
     mnist = _timing("mnist", quick, seed)
     cifar = _timing("cifar10", quick, seed)
     seg = segmentation_bench(quick, seed)
+    phase = phase_bench(quick, seed)
     return {
+        "phase_gram_closed_form_speedup": {
+            name: case["closed_form_speedup_vs_rows"] for name, case in phase["cases"].items()
+        },
+        "phase": phase,
         "segmentation_ntkd_over_kd_step_time": seg["ntkd_over_kd_step_time"],
         "segmentation_ntkd_term_over_kd_step_time": seg["ntkd_term_over_kd_step_time"],
         "segmentation_loss_student_equals_teacher": seg["loss_student_equals_teacher"],

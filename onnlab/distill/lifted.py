@@ -232,7 +232,7 @@ def lifted_rows_or_gram(
     )
     params = {local: primals[full] for local, full in owner.names.items()}
     blocks = _independent_kernels(owner.module, params, rows)
-    if blocks and hasattr(owner.module, "kernel_jacobians"):
+    if blocks and callable(getattr(owner.module, "kernel_jacobians", None)):
         return _psf_block_gram(owner, args, shapes, keep, params, rows, M, B)
 
     def weights_of(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
