@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.func import functional_call, vjp, vmap
 from torch.overrides import TorchFunctionMode
 
-from onnlab.distill.dense import Unsupported, conv_per_sample, dense_inputs, sum_gram, use_grouped
+from onnlab.distill.dense import Unsupported, conv_per_sample, dense_inputs, use_grouped
 
 if TYPE_CHECKING:
     from onnlab.distill.structured import _Owner
@@ -231,7 +231,10 @@ def lifted_rows_or_gram(
         for a in owner.args
     )
     params = {local: primals[full] for local, full in owner.names.items()}
+    # Independent kernels: take the per-kernel Jacobian (D rows: one per weight entry of a
+    # kernel) when that is fewer rows than the M * B gradient rows to pull back otherwise.
     blocks = _independent_kernels(owner.module, params, rows)
+    blocks = blocks and sum(r[0, 0].numel() for r in rows) <= M * B
     if blocks and callable(getattr(owner.module, "kernel_jacobians", None)):
         return _psf_block_gram(owner, args, shapes, keep, params, rows, M, B)
 
@@ -242,7 +245,7 @@ def lifted_rows_or_gram(
         return tuple(sink[i] for i in keep)
 
     _, pullback = vjp(weights_of, params)
-    if blocks and sum(r[0, 0].numel() for r in rows) < M * B:
+    if blocks:
         return _block_gram(pullback, params, rows, M, B)
     n_params = sum(p.numel() for p in params.values())
     step = max(1, budget // max(1, n_params + sum(r[0].numel() for r in rows)))
@@ -269,17 +272,11 @@ def _independent_kernels(
 
 
 def _kernel_gram(R: Tensor, jac: Tensor) -> Tensor:
-    """(B, B) ``sum_m sum_k (R_mk J_k)(R_mk J_k)^T`` for rows R (M, B, K, D), J (K, D, P).
-
-    Through the small D x D kernel ``J_k J_k^T`` when there are more rows than D, else through
-    the parameter-space rows themselves.
-    """
-    M, B, K, D = R.shape
-    if M * B >= D:
-        kernel = torch.bmm(jac, jac.transpose(1, 2))  # (K, D, D)
-        RK = torch.einsum("mbkd,kde->mbke", R, kernel)
-        return torch.einsum("mbke,mcke->bc", RK, R)
-    return sum_gram(torch.einsum("mbkd,kdp->mbkp", R, jac).reshape(M, B, K * jac.shape[2]))
+    """(B, B) ``sum_m sum_k (R_mk J_k)(R_mk J_k)^T`` for rows R (M, B, K, D), J (K, D, P),
+    through the small D x D kernel ``J_k J_k^T`` (the block rules run when D <= M B)."""
+    kernel = torch.bmm(jac, jac.transpose(1, 2))  # (K, D, D)
+    RK = torch.einsum("mbkd,kde->mbke", R, kernel)
+    return torch.einsum("mbke,mcke->bc", RK, R)
 
 
 def _psf_block_gram(

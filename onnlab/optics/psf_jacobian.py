@@ -5,7 +5,10 @@ Why: the exact NTK of a phase-mask student needs, per kernel, the Jacobian J_k o
 through the wave model per PSF value (C kh kw passes, each over all K pupils at the
 oversampled window); the closed form below costs about one forward pass in all. For the
 CIFAR-10 system (16 kernels, 3 colours, 7 x 7 window, 7 x 7 sub-pixels, N = 64) that is the
-difference between ~4 s and ~0.3 s per NTK Gram on one CPU thread.
+difference between ~4.5 s and ~0.5 s per NTK Gram (16 images) and its backward on one CPU
+thread. With fewer gradient rows than PSF values per kernel (segmentation: 4 directions x 8
+images against 243 values) pulling the rows back through the wave model stays cheaper, and the
+NTK engine does that instead (`onnlab.distill.lifted`).
 
 Model (`onnlab.optics.psf.psf_from_phase`): for colour c the pupil p_n = a_n exp(i s_c phi_n)
 (s_c the dispersion factor, phi wrapped to [0, 2 pi): derivative 1), the field at sub-pixel t

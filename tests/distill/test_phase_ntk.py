@@ -47,10 +47,10 @@ def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     return used
 
 
-# batch: 10 outputs x batch rows against one kernel's C x 7 x 7 PSF values (49 for MNIST, 147
-# for CIFAR-10): MNIST 4 takes the parameter-space rows, CIFAR-10 16 the D x D kernel form.
+# batch: the closed form runs when one kernel's C x 7 x 7 PSF values (49 for MNIST, 147 for
+# CIFAR-10) are no more than the 10 outputs x batch gradient rows
 @pytest.mark.parametrize(
-    ("task", "channels", "hw", "batch"), [("mnist", 1, 28, 4), ("cifar10", 3, 32, 16)]
+    ("task", "channels", "hw", "batch"), [("mnist", 1, 28, 5), ("cifar10", 3, 32, 16)]
 )
 def test_phase_student_gram_and_its_gradient_match_autograd(
     task: str, channels: int, hw: int, batch: int, monkeypatch: pytest.MonkeyPatch
@@ -82,6 +82,15 @@ def test_autograd_block_rule_without_closed_form(monkeypatch: pytest.MonkeyPatch
     gram = ntk_gram(model, x)
     assert used
     assert rel_err(gram, _oracle_gram(model, x).detach()) < 1e-10
+
+
+def test_few_rows_are_pulled_back_through_the_wave_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer gradient rows (40) than PSF values per kernel (49): pulling the rows back is the
+    cheaper exact route, and is taken."""
+    model, x = _phase_student("mnist", 1, 28, 4)
+    monkeypatch.setattr(lifted, "_block_gram", None)  # would raise if it were reached
+    monkeypatch.setattr(lifted, "_psf_block_gram", None)
+    assert rel_err(ntk_gram(model, x), _oracle_gram(model, x).detach()) < 1e-10
 
 
 def test_block_rules_need_the_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
