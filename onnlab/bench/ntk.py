@@ -41,10 +41,7 @@ and folded into a per-step ratio over a full-split epoch (``amortised_ntkd_over_
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from onnlab.bench.memory import peak_memory_mb
 from onnlab.bench.ntk_phase import phase_bench
 from onnlab.bench.ntk_segmentation import rel_error, segmentation_bench
 from onnlab.distill.losses import centre_gram
@@ -198,53 +196,6 @@ def _anchor_errors(teacher: nn.Module, quick: bool, seed: int) -> dict[str, Any]
     }
 
 
-class _PeakRSS:
-    """Peak resident-set growth of this process while the block runs (1 ms sampling)."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    def __enter__(self) -> _PeakRSS:
-        with contextlib.suppress(OSError):  # not glibc: the baseline just includes free pages
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        self.base = self._rss()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss() - self.base)
-            time.sleep(0.001)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss() - self.base)
-
-
-def _peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    try:
-        with _PeakRSS() as probe:
-            step()
-        return probe.peak / 2**20
-    except OSError:  # no /proc: not measurable here
-        return float("nan")
-
-
 def _timing(task: str, quick: bool, seed: int) -> dict[str, Any]:
     from onnlab.models.zoo import build_student, build_teacher
     from onnlab.training.losses import KDLoss
@@ -304,7 +255,7 @@ def _timing(task: str, quick: bool, seed: int) -> dict[str, Any]:
             step(name)()
             times[name].append(time.perf_counter() - t0)
     median = {name: statistics.median(v) for name, v in times.items()}
-    memory = {name: _peak_memory_mb(step(name), device) for name in losses}
+    memory = {name: peak_memory_mb(step(name), device) for name in losses}
     out: dict[str, Any] = {
         "data": source,
         "batch": BATCH,
