@@ -191,8 +191,9 @@ def lifted_rows_or_gram(
     pools: list[Call | None] | None = None,
 ) -> Tensor:
     """Per-sample rows (M, B, P) for parameters acting through intercepted dense weights, or
-    directly their Gram contribution (B, B) when the module's kernels are independent and the
-    block rule is cheaper (`_block_gram`).
+    directly their Gram contribution (B, B) when the module's kernels are independent and a
+    block rule is cheaper (`_psf_block_gram` with the module's closed-form PSF Jacobians, else
+    `_block_gram`).
 
     ``grads[i]`` is the output-gradient of ``calls[i]``, or of its only consumer ``pools[i]``
     (an avg_pool2d), in which case the patches are pooled the same way.
