@@ -341,5 +341,5 @@ def _block_gram(
         basis.append(block.expand(D, K, *r.shape[2:]))
         at += w
     pulled = vmap(pullback)(tuple(basis))[0]
-    jac = torch.cat([pulled[k].flatten(2) for k in params], dim=2).transpose(0, 1)  # (K, D, P)
+    jac = torch.cat([pulled[k].reshape(D, K, -1) for k in params], dim=2).transpose(0, 1)
     return _kernel_gram(torch.cat([r.flatten(2) for r in rows], dim=2).view(M, B, K, D), jac)

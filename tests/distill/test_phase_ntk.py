@@ -101,3 +101,19 @@ def test_block_rules_need_the_declaration(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(lifted, "_block_gram", None)  # would raise if it were reached
     monkeypatch.setattr(lifted, "_psf_block_gram", None)
     assert rel_err(ntk_gram(model, x), with_blocks) < 1e-10
+
+
+def test_autograd_block_rule_with_per_kernel_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The free frontend (softmax shape (K, C, k, k) and transmission (K,) per kernel) is
+    kernel-independent too: declared so, the block rule handles its 1-D parameter."""
+    torch.manual_seed(0)
+    model = build_student("mnist", n_kernels=4, hidden=(16,)).double()
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    reference = ntk_gram(model, x)
+    monkeypatch.setattr(type(model.frontend), "independent_kernels", True, raising=False)
+    used = _counting(monkeypatch, "_block_gram")
+    assert rel_err(ntk_gram(model, x), reference) < 1e-10
+    assert used
