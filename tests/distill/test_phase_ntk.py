@@ -13,10 +13,10 @@ from onnlab.models.zoo import build_student
 
 
 def _phase_student(
-    task: str, channels: int, hw: int, batch: int
+    task: str, channels: int, hw: int, batch: int, **arch: object
 ) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    model = build_student(task, frontend="phase", n_kernels=4, hidden=(16,)).double()
+    model = build_student(task, frontend="phase", n_kernels=4, hidden=(16,), **arch).double()
     x = torch.rand(batch, channels, hw, hw, dtype=torch.float64)
     with torch.no_grad():
         model(x)  # data-dependent initialisation of the backend's normalisation
@@ -49,15 +49,22 @@ def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
 
 # batch: the closed form runs when one kernel's C x 7 x 7 PSF values (49 for MNIST, 147 for
 # CIFAR-10) are no more than the 10 outputs x batch gradient rows
+# (MNIST also with a lossy element and paired PSFs: max_transmission scales the Jacobian, and
+# pseudo-negative features subtract two convolutions of the same weight call)
 @pytest.mark.parametrize(
-    ("task", "channels", "hw", "batch"), [("mnist", 1, 28, 5), ("cifar10", 3, 32, 16)]
+    ("task", "channels", "hw", "batch", "arch"),
+    [
+        ("mnist", 1, 28, 5, {}),
+        ("mnist", 1, 28, 5, {"max_transmission": 0.8, "pseudo_negative": True}),
+        ("cifar10", 3, 32, 16, {}),
+    ],
 )
 def test_phase_student_gram_and_its_gradient_match_autograd(
-    task: str, channels: int, hw: int, batch: int, monkeypatch: pytest.MonkeyPatch
+    task: str, channels: int, hw: int, batch: int, arch: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The closed-form PSF Jacobian route is taken, and both the Gram and the gradient of a
     loss on it equal the autograd oracle's (vmap + jacrev through the wave model)."""
-    model, x = _phase_student(task, channels, hw, batch)
+    model, x = _phase_student(task, channels, hw, batch, **arch)
     used = _counting(monkeypatch, "_psf_block_gram")
     weights = torch.randn(
         batch, batch, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
