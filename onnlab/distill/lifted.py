@@ -297,14 +297,15 @@ def _psf_block_gram(
     (`onnlab.optics.psf_jacobian`) costs about one. The rows (gradients w.r.t. the intercepted
     weights) are first taken back to the PSFs through the module's own ``psfs() -> weights``
     map (a flip and a cast: linear, and cheap to pull back through), with ``psfs`` swapped for
-    a placeholder so the wave model is not run.
+    a placeholder so the wave model is not run. ``kernel_jacobians(params)`` returns, per
+    parameter, d psfs() / d param[k] for every kernel k, shaped (*psfs().shape, P).
     """
     module = owner.module
-    jacs = module.kernel_jacobians(params)
+    jacs = module.kernel_jacobians(params)  # name -> (*psf shape, P_name)
     if set(jacs) != set(params):
         raise Unsupported(f"{owner.path}.kernel_jacobians must cover {sorted(params)}")
-    with torch.no_grad():
-        psf0 = module.psfs().to(rows[0].dtype)
+    psf_shape = next(iter(jacs.values())).shape[:-1]
+    psf0 = rows[0].new_zeros(psf_shape)  # the map is linear: any point will do
 
     def weights_of_psfs(psf: Tensor) -> tuple[Tensor, ...]:
         sink: list[Tensor] = []
@@ -314,7 +315,7 @@ def _psf_block_gram(
 
     _, to_psfs = vjp(weights_of_psfs, psf0)
     R = vmap(to_psfs)(tuple(rows))[0]  # (M B, K, C, kh, kw)
-    parts = [jacs[name].to(R.dtype) for name in params]
+    parts = [jacs[name].to(R.dtype).flatten(1, -2) for name in params]
     jac = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (K, D, P)
     return _kernel_gram(R.reshape(M, B, R.shape[1], -1), jac)
 

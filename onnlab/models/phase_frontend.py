@@ -263,7 +263,7 @@ class PhaseMaskFrontend(nn.Module):
         return psfs * self.max_transmission if self.max_transmission != 1.0 else psfs
 
     def kernel_jacobians(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """{"phase": (K, C k k, N N)}: d psfs()[k] / d phase[k], in closed form.
+        """{"phase": (K, C, k, k, N N)}: d psfs()[k] / d phase[k], in closed form.
 
         ``params`` holds the phase to evaluate at (the NTK engine passes its own differentiable
         copy). Why: the exact NTK Gram needs these Jacobians every step; the closed form
@@ -277,7 +277,7 @@ class PhaseMaskFrontend(nn.Module):
             refractive_index=self.material.refractive_index,
         )
         jac = jac * self.max_transmission if self.max_transmission != 1.0 else jac
-        return {"phase": jac.reshape(self.n_kernels, -1, phase[0].numel())}
+        return {"phase": jac.flatten(-2)}
 
     def psfs(self) -> torch.Tensor:
         """(K, C, k, k) PSFs: non-negative, each summing to its efficiency (<= 1)."""
