@@ -8,7 +8,7 @@ one similarity (shift, rotation, scale about the frame centre) moves all of them
 spread *within* a tile additionally reveals the display's rotation relative to the optic.
 What dots cannot tell apart is a shift of the display image from a shift of the camera (both
 move every blob); the tile windows can: content is cut where a tile ends, so the final split
-comes from fitting the edges of a full-white frame (`split_window_shift`).
+comes from fitting the edges of a full-white frame (`window_offset.fit_window_offset`).
 
 Why a per-tile centroid shift in the fit: a dot's image sits at the AS-BUILT PSF's centroid,
 and calibration only knows the design's. Fabrication moves each kernel's centroid by roughly
@@ -39,6 +39,7 @@ from calibration.forward import ForwardModel, Geometry, TileGeometry
 from calibration.normal_equations import tile_boxes
 from calibration.procedures.base import BenchContext, StepResult, with_single_thread
 from calibration.procedures.patterns import dot_image, dot_phases, dot_positions
+from calibration.procedures.window_offset import fit_window_offset
 from onnlab.errors import CalibrationError
 
 
@@ -334,92 +335,3 @@ def _integer_shift(measured: np.ndarray, nominal: np.ndarray) -> np.ndarray:
     iy, ix = np.unravel_index(int(np.argmax(xc)), xc.shape)
     h, w = a.shape
     return np.array([iy if iy <= h // 2 else iy - h, ix if ix <= w // 2 else ix - w], float)
-
-
-def geometry_with_split(
-    ctx: BenchContext, camera_offset: tuple[float, float] | np.ndarray
-) -> Geometry:
-    """Geometry whose camera offset is ``camera_offset`` and whose display shift makes up the
-    composite offset measured by the dots (β = (s·R)⁻¹ (t_eff − t))."""
-    if ctx.geometry is None or ctx.composite_offset is None:
-        raise CalibrationError("registration has not been measured; run the registration step")
-    g = ctx.geometry
-    s, th = float(g.scale), float(g.rotation)
-    rs = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
-    t = np.asarray(camera_offset, np.float64)
-    beta = np.linalg.solve(s * rs, np.asarray(ctx.composite_offset) - t)
-    return Geometry.from_values(tuple(t), th, s, tuple(beta), float(g.image_rotation))
-
-
-def fit_window_offset(
-    ctx: BenchContext,
-    frames_dn: np.ndarray,
-    images: np.ndarray,
-    psfs: torch.Tensor,
-    *,
-    iterations: int = 8,
-) -> Geometry:
-    """Split the composite offset into camera offset and display shift from tile edges.
-
-    ``frames_dn`` (N, H, W) offset-free frames of ``images`` (N, C, h, w) display intensity,
-    predicted with ``psfs`` (any scale: a brightness per kernel is fitted alongside, so design
-    PSFs will do). The content position (composite offset) stays fixed; moving the camera
-    offset moves only where each tile's window cuts the content, which the edges of bright
-    images reveal; camera rotation and scale are refined too (tile windows pin the relay,
-    dots alone confuse it with per-kernel PSF centroid errors). Gauss–Newton with
-    finite-difference derivatives: a handful of parameters, each step a few model renders.
-    """
-    if ctx.geometry is None or ctx.composite_offset is None:
-        raise CalibrationError("registration has not been measured; run the registration step")
-    g0 = ctx.geometry
-    teff = np.asarray(ctx.composite_offset, np.float64)
-    y = torch.as_tensor(frames_dn, dtype=torch.float64)
-    x = torch.as_tensor(images, dtype=torch.float64)
-    p = psfs.detach().double()
-    n_k = p.shape[0]
-    fm = ForwardModel(ctx.tiles, g0)
-
-    def build(th: np.ndarray) -> Geometry:
-        t, rot, s = th[:2], th[2], float(np.exp(th[3]))
-        rs = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])
-        beta = np.linalg.solve(s * rs, teff - t)
-        return Geometry.from_values(tuple(t), float(rot), s, tuple(beta), float(g0.image_rotation))
-
-    masks = torch.zeros(n_k, 1, *ctx.tiles.camera_hw, dtype=torch.float64)
-
-    def render(th: np.ndarray) -> torch.Tensor:
-        """(K, N, H, W) per-kernel contributions: tiles never overlap, so one render split by
-        the tile boxes gives them all."""
-        fm.set_geometry(build(th))
-        with torch.no_grad():
-            return fm.signal(x, p)[None] * masks
-
-    theta = np.array([*g0.offset.detach().numpy(), float(g0.rotation), np.log(float(g0.scale))])
-    steps = np.array([1e-3, 1e-3, 1e-6, 1e-6])
-    for _ in range(iterations):
-        fm.set_geometry(build(theta))
-        masks.zero_()
-        for j, (y0, y1, x0, x1) in enumerate(tile_boxes(fm, pad=2)):
-            masks[j, 0, y0:y1, x0:x1] = 1.0
-        parts = render(theta)  # (K, N, H, W)
-        flat = parts.reshape(n_k, -1).T  # (M, K): brightness enters linearly
-        amp = torch.linalg.lstsq(flat, y.reshape(-1, 1)).solution[:, 0]
-        r = (flat @ amp - y.reshape(-1)).numpy()
-        cols = []
-        for i, h in enumerate(steps):
-            d = np.zeros(4)
-            d[i] = h
-            diff = (render(theta + d) - render(theta - d)) / (2 * h)
-            cols.append(torch.einsum("k,km->m", amp, diff.reshape(n_k, -1)).numpy())
-        jac = np.concatenate([np.stack(cols, 1), flat.numpy()], axis=1)  # geometry + amplitudes
-        jtj = jac.T @ jac
-        step = -np.linalg.solve(jtj + 1e-9 * np.diag(np.diag(jtj)), jac.T @ r)[:4]
-        big = np.abs(step[:2]).max()
-        if big > 0.5:
-            step *= 0.5 / big
-        theta = theta + step
-        if np.all(np.abs(step) < steps * 2):
-            break
-    geom = build(theta)
-    ctx.geometry = geom
-    return geom
