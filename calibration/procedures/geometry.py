@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from calibration.fitting.deconv import solve_psfs_map
+from calibration.fitting.gauss_newton import damped_capped_step
 from calibration.forward import ForwardModel, Geometry
 from calibration.normal_equations import psf_normal_equations
 
@@ -97,11 +98,8 @@ def refine_geometry_varpro(
         assert bx is not None
         schur = jtj - torch.einsum("knp,knq->pq", bx, torch.linalg.solve(hk, bx)).numpy()
         schur = 0.5 * (schur + schur.T)
-        step = -np.linalg.solve(schur + damping * np.diag(np.diag(schur)), grad)
         # Never jump further than the linearisation can be trusted (a fraction of a pixel).
-        scale_ok = np.abs(step[[0, 1, 4, 5]]).max() if step.size else 0.0
-        if scale_ok > 0.5:
-            step *= 0.5 / scale_ok
+        step = damped_capped_step(schur, grad, damping, shift_indices=(0, 1, 4, 5))
         theta = theta + step
         if np.all(np.abs(step) < _STEPS * 2):
             break

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from calibration.fitting.gauss_newton import damped_capped_step
 from calibration.forward import ForwardModel, Geometry
 from calibration.normal_equations import tile_boxes
 from calibration.procedures.base import BenchContext
@@ -80,10 +81,7 @@ def fit_window_offset(
             cols.append(torch.einsum("k,km->m", amp, diff.reshape(n_k, -1)).numpy())
         jac = np.concatenate([np.stack(cols, 1), flat.numpy()], axis=1)  # geometry + amplitudes
         jtj = jac.T @ jac
-        step = -np.linalg.solve(jtj + 1e-9 * np.diag(np.diag(jtj)), jac.T @ r)[:4]
-        big = np.abs(step[:2]).max()
-        if big > 0.5:
-            step *= 0.5 / big
+        step = damped_capped_step(jtj, jac.T @ r, 1e-9, shift_indices=(0, 1))[:4]
         theta = theta + step
         if np.all(np.abs(step) < steps * 2):
             break
