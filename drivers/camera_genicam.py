@@ -1,8 +1,8 @@
 """GenICam cameras through harvesters and a GenTL producer (``.cti``), as a `Camera`.
 
 * Producers: the config's ``cti`` (files, folders or globs) or every ``*.cti`` on
-  ``GENICAM_GENTL64_PATH`` (`find_producers`). Cameras naming the same producer files share
-  ONE harvesters `Harvester` (`drivers.genicam_harvester`): a producer loaded twice in a
+  ``GENICAM_GENTL64_PATH`` (`find_producers`, in `drivers.genicam_harvester`). Cameras naming
+  the same producer files share ONE harvesters `Harvester`: a producer loaded twice in a
   process shows its devices to the first loader only, so two cameras could not be open at once.
   The genicam package's ``viky.cti`` and genicam2's ``TLSimu.cti`` are real producers, so
   this exact code runs in the test suite.
@@ -38,16 +38,11 @@
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from drivers import genicam_harvester
 from drivers.base import DeviceBase, run_with_deadline
@@ -58,27 +53,15 @@ from drivers.errors import (
     DeviceTimeout,
 )
 from drivers.frame_accounting import FrameAccounting
+from drivers.genicam_buffers import buffer_frame_id as _buffer_frame_id
+from drivers.genicam_buffers import buffer_timestamp as _buffer_timestamp
+from drivers.genicam_buffers import copy_pixels as _copy_pixels
+from drivers.genicam_harvester import find_producers
 from drivers.genicam_nodes import FRAME_POLICIES, TRIGGER_MODES, GenicamNodes
 from drivers.pixel_formats import pixel_format_bits
 from drivers.protocols import DEFAULT_TIMEOUT_S, FLAG_SATURATED, Frame
 
-
-def find_producers(cti: str | list[str] | None = None) -> list[str]:
-    """GenTL producer files: from `cti` (files, folders, globs) or GENICAM_GENTL64_PATH."""
-    if cti is None:
-        entries = [p for p in os.environ.get("GENICAM_GENTL64_PATH", "").split(os.pathsep) if p]
-    else:
-        entries = [cti] if isinstance(cti, str) else list(cti)
-    found: list[str] = []
-    for entry in entries:
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            found += sorted(str(p) for p in path.glob("*.cti"))
-        elif path.is_file():
-            found.append(str(path))
-        else:
-            found += sorted(glob.glob(str(path)))
-    return list(dict.fromkeys(found))
+__all__ = ["GenicamCamera", "find_producers"]
 
 
 def _error_map() -> tuple[tuple[type[BaseException], type[DeviceError]], ...]:
@@ -427,29 +410,6 @@ class GenicamCamera(GenicamNodes, DeviceBase):
             "frame_policy": self._frame_policy,
             "producers": self._producers or find_producers(self.cti),
         }
-
-
-def _copy_pixels(comp: Any) -> np.ndarray:
-    """Own the pixels before the buffer is re-queued; (H, W) or (H, W, 3)."""
-    h, w = int(comp.height), int(comp.width)
-    data = np.array(comp.data, copy=True)
-    per_px = data.size // max(h * w, 1)
-    img = data.reshape(h, w) if per_px == 1 else data.reshape(h, w, per_px)[..., :3]
-    return np.ascontiguousarray(img)
-
-
-def _buffer_frame_id(buf: Any) -> int | None:
-    try:
-        return int(buf.module.frame_id)
-    except Exception:  # noqa: BLE001 - producers may not report frame ids: never invent one
-        return None
-
-
-def _buffer_timestamp(buf: Any) -> float | None:
-    try:
-        return int(buf.timestamp_ns) * 1e-9
-    except Exception:  # noqa: BLE001 - NotAvailable on producers without timestamps
-        return None
 
 
 def _on_main_thread() -> bool:

@@ -12,13 +12,33 @@ The blocking calls (``update()``, ``reset()``) run under a deadline (`run_with_d
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from drivers.base import run_with_deadline
 from drivers.errors import DeviceError
+
+
+def find_producers(cti: str | list[str] | None = None) -> list[str]:
+    """GenTL producer files: from `cti` (files, folders, globs) or GENICAM_GENTL64_PATH."""
+    if cti is None:
+        entries = [p for p in os.environ.get("GENICAM_GENTL64_PATH", "").split(os.pathsep) if p]
+    else:
+        entries = [cti] if isinstance(cti, str) else list(cti)
+    found: list[str] = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found += sorted(str(p) for p in path.glob("*.cti"))
+        elif path.is_file():
+            found.append(str(path))
+        else:
+            found += sorted(glob.glob(str(path)))
+    return list(dict.fromkeys(found))
 
 
 @dataclass

@@ -43,8 +43,8 @@ def _achieved_frame_rate(
 
 def probe_devices(config_path: Path, timeout_s: float = 10.0) -> dict[str, Any]:
     """Open, describe and close every device of a bench config; never raises for a device."""
-    from drivers.camera_genicam import find_producers
     from drivers.errors import DeviceError
+    from drivers.genicam_harvester import find_producers
     from drivers.registry import build_sim_bench, create_device
     from onnlab.commands.options import bench_config
 
