@@ -6,15 +6,17 @@ process (interleaved repeats, median), for the MNIST and CIFAR-10 phase students
 NTK batch sizes, each as one differentiable Gram plus the backward of a loss on it (what an
 NTKD step adds):
 
-- ``closed_form`` (default): the frontend's `kernel_jacobians` (`onnlab.optics.psf_jacobian`),
-  about one wave-model pass;
+- ``closed_form`` (default): the frontend's `kernel_grams`, J_k J_k^T with a closed-form
+  backward (`onnlab.optics.psf_phase_gram`);
+- ``closed_form_jacobian``: the frontend's `kernel_jacobians` (`onnlab.optics.psf_jacobian`),
+  about one wave-model pass, differentiated by autograd (the route before `kernel_grams`);
 - ``autograd_blocks``: the Jacobian from one reverse pass per PSF value (C k k passes, all
   kernels at once; what the engine does for a kernel-independent module without a closed form);
 - ``rows``: every gradient row pulled back through the wave model (outputs x batch passes;
   the engine's generic route, and what the first phase runs used).
 
 Reported: seconds per Gram + backward, the speed-ups of the closed form, the relative
-difference of each route's Gram of the phases alone from the closed form's (all three are
+difference of each route's Gram of the phases alone from the closed form's (all four are
 exact: float32 rounding), and the phases' share of the whole Gram's trace -- small (the
 NTK weighs every parameter alike, and one of N^2 phase samples moves a PSF by ~1/N^2).
 """
@@ -31,7 +33,7 @@ import torch
 
 from onnlab.distill.ntk import ntk_gram
 
-ROUTES = ("closed_form", "autograd_blocks", "rows")
+ROUTES = ("closed_form", "closed_form_jacobian", "autograd_blocks", "rows")
 # (task, NTK batch): the classification defaults (16) and the MNIST tuned choice (64)
 CASES = (("mnist", 16), ("mnist", 64), ("cifar10", 16))
 
@@ -39,6 +41,8 @@ CASES = (("mnist", 16), ("mnist", 64), ("cifar10", 16))
 def _route(frontend: torch.nn.Module, route: str) -> ExitStack:
     stack = ExitStack()
     cls = type(frontend)
+    if route != "closed_form":
+        stack.enter_context(patch.object(cls, "kernel_grams", None))
     if route in ("autograd_blocks", "rows"):
         stack.enter_context(patch.object(cls, "kernel_jacobians", None))
     if route == "rows":
@@ -90,6 +94,9 @@ def _case(task: str, batch: int, repeats: int, seed: int) -> dict[str, Any]:
         "closed_form_speedup_vs_autograd_blocks": (
             median["autograd_blocks"] / median["closed_form"]
         ),
+        "closed_form_speedup_vs_closed_form_jacobian": (
+            median["closed_form_jacobian"] / median["closed_form"]
+        ),
         "frontend_share_of_trace": share,
         "phase_gram_rel_diff_from_closed_form": {
             route: float((grams[route] - ref).norm() / ref.norm()) for route in ROUTES[1:]
@@ -98,7 +105,7 @@ def _case(task: str, batch: int, repeats: int, seed: int) -> dict[str, Any]:
 
 
 def phase_bench(quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """The three routes on each case of `CASES` (quick: MNIST at batch 16 only)."""
+    """The four routes on each case of `CASES` (quick: MNIST at batch 16 only)."""
     cases = CASES[:1] if quick else CASES
     out = {f"{task}_{batch}": _case(task, batch, 2 if quick else 5, seed) for task, batch in cases}
     return {"threads": torch.get_num_threads(), "cases": out}

@@ -236,7 +236,10 @@ def lifted_rows_or_gram(
     # kernel) when that is fewer rows than the M * B gradient rows to pull back otherwise.
     blocks = _independent_kernels(owner.module, params, rows)
     blocks = blocks and sum(r[0, 0].numel() for r in rows) <= M * B
-    if blocks and callable(getattr(owner.module, "kernel_jacobians", None)):
+    closed = any(
+        callable(getattr(owner.module, n, None)) for n in ("kernel_grams", "kernel_jacobians")
+    )
+    if blocks and closed:
         return _psf_block_gram(owner, args, shapes, keep, params, rows, M, B)
 
     def weights_of(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
@@ -272,10 +275,9 @@ def _independent_kernels(
     return all(r.shape[1] == k for r in rows) and all(p.shape[0] == k for p in params.values())
 
 
-def _kernel_gram(R: Tensor, jac: Tensor) -> Tensor:
-    """(B, B) ``sum_m sum_k (R_mk J_k)(R_mk J_k)^T`` for rows R (M, B, K, D), J (K, D, P),
-    through the small D x D kernel ``J_k J_k^T`` (the block rules run when D <= M B)."""
-    kernel = torch.bmm(jac, jac.transpose(1, 2))  # (K, D, D)
+def _kernel_gram(R: Tensor, kernel: Tensor) -> Tensor:
+    """(B, B) ``sum_m sum_k (R_mk J_k)(R_mk J_k)^T`` for rows R (M, B, K, D), through the small
+    D x D kernel ``J_k J_k^T`` (K, D, D) (the block rules run when D <= M B)."""
     RK = torch.einsum("mbkd,kde->mbke", R, kernel)
     return torch.einsum("mbke,mcke->bc", RK, R)
 
@@ -298,13 +300,23 @@ def _psf_block_gram(
     weights) are first taken back to the PSFs through the module's own ``psfs() -> weights``
     map (a flip and a cast: linear, and cheap to pull back through), with ``psfs`` swapped for
     a placeholder so the wave model is not run. ``kernel_jacobians(params)`` returns, per
-    parameter, d psfs() / d param[k] for every kernel k, shaped (*psfs().shape, P).
+    parameter, d psfs() / d param[k] for every kernel k, shaped (*psfs().shape, P). A module
+    may also give ``kernel_grams(params)``, the (K, D, D) products J_k J_k^T summed over its
+    parameters, with ``psf_shape``; then only those are used (the phase frontend: a
+    closed-form backward, `onnlab.optics.psf_phase_gram`).
     """
     module = owner.module
-    jacs = module.kernel_jacobians(params)  # name -> (*psf shape, P_name)
-    if set(jacs) != set(params):
-        raise Unsupported(f"{owner.path}.kernel_jacobians must cover {sorted(params)}")
-    psf_shape = next(iter(jacs.values())).shape[:-1]
+    if callable(getattr(module, "kernel_grams", None)):
+        # the product J_k J_k^T directly, with its own backward: (K, D, D)
+        kernel, psf_shape = module.kernel_grams(params), tuple(module.psf_shape)
+    else:
+        jacs = module.kernel_jacobians(params)  # name -> (*psf shape, P_name)
+        if set(jacs) != set(params):
+            raise Unsupported(f"{owner.path}.kernel_jacobians must cover {sorted(params)}")
+        psf_shape = next(iter(jacs.values())).shape[:-1]
+        parts = [jacs[name].flatten(1, -2) for name in params]
+        jac = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (K, D, P)
+        kernel = torch.bmm(jac, jac.transpose(1, 2))
     psf0 = rows[0].new_zeros(psf_shape)  # the map is linear: any point will do
 
     def weights_of_psfs(psf: Tensor) -> tuple[Tensor, ...]:
@@ -315,9 +327,7 @@ def _psf_block_gram(
 
     _, to_psfs = vjp(weights_of_psfs, psf0)
     R = vmap(to_psfs)(tuple(rows))[0]  # (M B, K, C, kh, kw)
-    parts = [jacs[name].to(R.dtype).flatten(1, -2) for name in params]
-    jac = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (K, D, P)
-    return _kernel_gram(R.reshape(M, B, R.shape[1], -1), jac)
+    return _kernel_gram(R.reshape(M, B, R.shape[1], -1), kernel.to(R.dtype))
 
 
 def _block_gram(
@@ -343,4 +353,5 @@ def _block_gram(
         at += w
     pulled = vmap(pullback)(tuple(basis))[0]
     jac = torch.cat([pulled[k].reshape(D, K, -1) for k in params], dim=2).transpose(0, 1)
-    return _kernel_gram(torch.cat([r.flatten(2) for r in rows], dim=2).view(M, B, K, D), jac)
+    kernel = torch.bmm(jac, jac.transpose(1, 2))  # (K, D, D)
+    return _kernel_gram(torch.cat([r.flatten(2) for r in rows], dim=2).view(M, B, K, D), kernel)

@@ -67,6 +67,7 @@ from onnlab.optics.layout import OpticsConfig, kernel_layout
 from onnlab.optics.materials import Material, get_material
 from onnlab.optics.psf import psfs_from_phases
 from onnlab.optics.psf_jacobian import psf_phase_jacobian
+from onnlab.optics.psf_phase_gram import psf_phase_kernel_gram
 
 # Physical systems of the phase frontend per task, as OpticsConfig overrides of
 # `OpticsConfig.preset(task)` (aperture, kernel count, wavelengths come from the preset). The
@@ -278,6 +279,29 @@ class PhaseMaskFrontend(nn.Module):
         )
         jac = jac * self.max_transmission if self.max_transmission != 1.0 else jac
         return {"phase": jac.flatten(-2)}
+
+    @property
+    def psf_shape(self) -> tuple[int, int, int, int]:
+        """(K, C, k, k): the shape of `psfs`."""
+        return (self.n_kernels, self.in_channels, self.kernel_px, self.kernel_px)
+
+    def kernel_grams(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(K, D, D) per-kernel phase NTK of the PSFs, J_k J_k^T (D = C k k), once
+        differentiable in ``params["phase"]``.
+
+        Why besides `kernel_jacobians`: the NTK engine only needs this product, and its
+        gradient has a closed form (`onnlab.optics.psf_phase_gram`) that skips autograd's walk
+        back through the (K, C, k, k, N, N) Jacobian.
+        """
+        if set(params) != {"phase"}:
+            raise ValueError(f"kernel_grams takes exactly the phase, got {sorted(params)}")
+        gram = psf_phase_kernel_gram(
+            params["phase"],
+            self.optics,
+            oversample=self.oversample,
+            refractive_index=self.material.refractive_index,
+        )
+        return gram * self.max_transmission**2 if self.max_transmission != 1.0 else gram
 
     def psfs(self) -> torch.Tensor:
         """(K, C, k, k) PSFs: non-negative, each summing to its efficiency (<= 1)."""

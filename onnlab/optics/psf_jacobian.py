@@ -25,6 +25,7 @@ the phases, so the Jacobian can itself be differentiated (the NTK loss needs tha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +44,63 @@ if TYPE_CHECKING:
     from onnlab.optics.layout import OpticsConfig
 
 
+@dataclass(frozen=True)
+class ColourTerms:
+    """One colour's pieces of the closed form: pupil p (K, N, N), the separable Fourier kernels
+    with the constant folded into ``ay`` (F_tn = ay[ty, i] ax[tx, j]), the factor
+    beta = -2 kappa_c s_c of the Jacobian and the dispersion factor s_c."""
+
+    pupil: torch.Tensor
+    ay: torch.Tensor
+    ax: torch.Tensor
+    beta: float
+    scale: float
+
+
+def colour_terms(
+    phases: torch.Tensor,
+    config: OpticsConfig,
+    oversample: int,
+    refractive_index: RefractiveIndex | None,
+) -> list[ColourTerms]:
+    """Per colour, what `psf_phase_jacobian` and `psf_phase_kernel_gram` contract with."""
+    if not isinstance(phases, torch.Tensor) or phases.ndim != 3:
+        raise ValueError("phases must be a (K, N, N) tensor of radians")
+    ny, nx = phases.shape[1:]
+    grid = Grid.covering(config.kernel_size_m, (ny, nx))
+    amplitude = aperture_mask(
+        grid, config.aperture_shape, config.kernel_size_m, phases.dtype, phases.device
+    )
+    kh = kw = config.kernel_px
+    out_grid, offset = sensor_subpixels(kh, kw, config.sensor_pitch_m, int(oversample))
+    incident = float((amplitude > 0).sum()) * grid.area_element_m2
+    lams = list(config.wavelengths_m)
+    lam0 = config.reference_wavelength_m
+    kappa = out_grid.area_element_m2 / incident / len(lams)
+    terms = []
+    for lam in lams:
+        phi = dispersed_phase(phases, lam0, lam, refractive_index=refractive_index)
+        scale = dispersion_factor(lam0, lam, refractive_index)
+        pupil = torch.polar(amplitude.expand_as(phi), phi)
+        ay, ax, factor = fraunhofer_matrices(
+            grid, lam, config.focal_length_m, out_grid, offset, pupil.dtype, pupil.device
+        )
+        # the constant rides on the small operands, not on (K, kh, kw, N, N)
+        terms.append(ColourTerms(pupil, ay * factor, ax, -2.0 * kappa * scale, scale))
+    return terms
+
+
+def _h(term: ColourTerms, kh: int, kw: int) -> torch.Tensor:
+    """H_un = sum_{t in u} conj(E_t) F_tn, (K, kh, kw, N, N)."""
+    pupil, ay, ax = term.pupil, term.ay, term.ax
+    k, ny, nx = pupil.shape
+    m = ay.shape[0] // kh
+    field = ay @ pupil @ ax.transpose(0, 1)  # (K, kh m, kw m)
+    conj = field.conj().reshape(k, kh, m, kw, m)
+    half = torch.einsum("kyaxb,xbj->kyaxj", conj, ax.reshape(kw, m, nx))
+    return torch.einsum("yai,kyaxj->kyxij", ay.reshape(kh, m, ny), half)
+
+
 def psf_phase_jacobian(
     phases: torch.Tensor,
     config: OpticsConfig,
@@ -55,33 +113,9 @@ def psf_phase_jacobian(
     Kernel k's PSF depends on phases[k] only (its own sub-aperture), so this is the whole
     Jacobian; same arguments and conventions as `onnlab.optics.psf.psfs_from_phases`.
     """
-    if not isinstance(phases, torch.Tensor) or phases.ndim != 3:
-        raise ValueError("phases must be a (K, N, N) tensor of radians")
-    k, ny, nx = phases.shape
-    grid = Grid.covering(config.kernel_size_m, (ny, nx))
-    amplitude = aperture_mask(
-        grid, config.aperture_shape, config.kernel_size_m, phases.dtype, phases.device
-    )
     kh = kw = config.kernel_px
-    m = int(oversample)
-    out_grid, offset = sensor_subpixels(kh, kw, config.sensor_pitch_m, m)
-    incident = float((amplitude > 0).sum()) * grid.area_element_m2
-    lams = list(config.wavelengths_m)
-    lam0 = config.reference_wavelength_m
-    per_colour = []
-    for lam in lams:
-        phi = dispersed_phase(phases, lam0, lam, refractive_index=refractive_index)
-        scale = dispersion_factor(lam0, lam, refractive_index)
-        pupil = torch.polar(amplitude.expand_as(phi), phi)
-        ay, ax, factor = fraunhofer_matrices(
-            grid, lam, config.focal_length_m, out_grid, offset, pupil.dtype, pupil.device
-        )
-        ay = ay * factor  # the constant rides on the small operands, not on (K, kh, kw, N, N)
-        field = ay @ pupil @ ax.transpose(0, 1)  # (K, kh m, kw m)
-        conj = field.conj().reshape(k, kh, m, kw, m)
-        half = torch.einsum("kyaxb,xbj->kyaxj", conj, ax.reshape(kw, m, nx))
-        h = torch.einsum("yai,kyaxj->kyxij", ay.reshape(kh, m, ny), half)  # H (K, kh, kw, N, N)
-        kappa = out_grid.area_element_m2 / incident / len(lams)
-        weighted = pupil * (-2.0 * kappa * scale)
-        per_colour.append((weighted[:, None, None] * h).imag)
+    per_colour = [
+        ((t.pupil * t.beta)[:, None, None] * _h(t, kh, kw)).imag
+        for t in colour_terms(phases, config, oversample, refractive_index)
+    ]
     return torch.stack(per_colour, dim=1)

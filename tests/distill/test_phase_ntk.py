@@ -51,6 +51,9 @@ def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
 # CIFAR-10) are no more than the 10 outputs x batch gradient rows
 # (MNIST also with a lossy element and paired PSFs: max_transmission scales the Jacobian, and
 # pseudo-negative features subtract two convolutions of the same weight call)
+# route: the module's kernel_grams (J_k J_k^T with a closed-form backward), or, without it,
+# its kernel_jacobians differentiated by autograd
+@pytest.mark.parametrize("route", ["kernel_grams", "kernel_jacobians"])
 @pytest.mark.parametrize(
     ("task", "channels", "hw", "batch", "arch"),
     [
@@ -60,12 +63,24 @@ def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     ],
 )
 def test_phase_student_gram_and_its_gradient_match_autograd(
-    task: str, channels: int, hw: int, batch: int, arch: dict, monkeypatch: pytest.MonkeyPatch
+    task: str,
+    channels: int,
+    hw: int,
+    batch: int,
+    arch: dict,
+    route: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The closed-form PSF Jacobian route is taken, and both the Gram and the gradient of a
-    loss on it equal the autograd oracle's (vmap + jacrev through the wave model)."""
+    """The closed-form PSF route is taken, and both the Gram and the gradient of a loss on it
+    equal the autograd oracle's (vmap + jacrev through the wave model)."""
     model, x = _phase_student(task, channels, hw, batch, **arch)
     used = _counting(monkeypatch, "_psf_block_gram")
+    cls = type(model.frontend)
+    if route == "kernel_jacobians":
+        monkeypatch.delattr(cls, "kernel_grams")
+    calls: list[int] = []
+    original = getattr(cls, route)
+    monkeypatch.setattr(cls, route, lambda self, p: calls.append(1) or original(self, p))
     weights = torch.randn(
         batch, batch, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
     )
@@ -76,15 +91,16 @@ def test_phase_student_gram_and_its_gradient_match_autograd(
     oracle = _oracle_gram(model, x)
     (oracle_grad,) = torch.autograd.grad((oracle * weights).sum(), phase)
 
-    assert used, "the phase frontend should use its closed-form PSF Jacobians"
+    assert used and calls, f"the phase frontend should use its closed-form {route}"
     assert rel_err(gram.detach(), oracle.detach()) < 1e-10
     assert rel_err(grad, oracle_grad) < 1e-8
 
 
 def test_autograd_block_rule_without_closed_form(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Independent kernels without ``kernel_jacobians``: the Jacobian from D VJPs, same Gram."""
+    """Independent kernels without a closed form: the Jacobian from D VJPs, same Gram."""
     model, x = _phase_student("mnist", 1, 28, 6)  # 60 rows > 49 PSF values: block rule pays
     monkeypatch.delattr(type(model.frontend), "kernel_jacobians")
+    monkeypatch.delattr(type(model.frontend), "kernel_grams")
     used = _counting(monkeypatch, "_block_gram")
     gram = ntk_gram(model, x)
     assert used
