@@ -90,7 +90,7 @@ def colour_terms(
     return terms
 
 
-def _h(term: ColourTerms, kh: int, kw: int) -> torch.Tensor:
+def h_matrix(term: ColourTerms, kh: int, kw: int) -> torch.Tensor:
     """H_un = sum_{t in u} conj(E_t) F_tn, (K, kh, kw, N, N)."""
     pupil, ay, ax = term.pupil, term.ay, term.ax
     k, ny, nx = pupil.shape
@@ -115,7 +115,7 @@ def psf_phase_jacobian(
     """
     kh = kw = config.kernel_px
     per_colour = [
-        ((t.pupil * t.beta)[:, None, None] * _h(t, kh, kw)).imag
+        ((t.pupil * t.beta)[:, None, None] * h_matrix(t, kh, kw)).imag
         for t in colour_terms(phases, config, oversample, refractive_index)
     ]
     return torch.stack(per_colour, dim=1)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from onnlab.optics.psf_jacobian import ColourTerms, _h, colour_terms
+from onnlab.optics.psf_jacobian import ColourTerms, colour_terms, h_matrix
 
 if TYPE_CHECKING:
     from onnlab.optics.layout import OpticsConfig
@@ -57,7 +57,7 @@ class _KernelGram(torch.autograd.Function):
     ) -> torch.Tensor:
         kh = kw = config.kernel_px
         terms = colour_terms(phases, config, oversample, refractive_index)
-        hs = [_h(t, kh, kw) for t in terms]  # kept: the backward needs them again
+        hs = [h_matrix(t, kh, kw) for t in terms]  # kept: the backward needs them again
         parts = [
             ((t.pupil * t.beta)[:, None, None] * h).imag for t, h in zip(terms, hs, strict=True)
         ]
