@@ -292,7 +292,7 @@ def _psf_block_gram(
     M: int,
     B: int,
 ) -> Tensor:
-    """Gram of a module that gives its PSF Jacobians per kernel (``kernel_jacobians``).
+    """Gram of a module that gives its per-kernel PSF Jacobians or their products J_k J_k^T.
 
     Why: the phase frontend's PSFs come from the wave model, and any autograd route to their
     Jacobian pays one pass through it per row or per PSF value; the module's closed form

@@ -101,6 +101,11 @@ def h_matrix(term: ColourTerms, kh: int, kw: int) -> torch.Tensor:
     return torch.einsum("yai,kyaxj->kyxij", ay.reshape(kh, m, ny), half)
 
 
+def colour_jacobian(term: ColourTerms, h: torch.Tensor) -> torch.Tensor:
+    """(K, kh, kw, N, N) one colour's dI_u/dphi_n = beta Im(p_n H_un), from ``h_matrix``."""
+    return ((term.pupil * term.beta)[:, None, None] * h).imag
+
+
 def psf_phase_jacobian(
     phases: torch.Tensor,
     config: OpticsConfig,
@@ -115,7 +120,7 @@ def psf_phase_jacobian(
     """
     kh = kw = config.kernel_px
     per_colour = [
-        ((t.pupil * t.beta)[:, None, None] * h_matrix(t, kh, kw)).imag
+        colour_jacobian(t, h_matrix(t, kh, kw))
         for t in colour_terms(phases, config, oversample, refractive_index)
     ]
     return torch.stack(per_colour, dim=1)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from onnlab.optics.psf_jacobian import ColourTerms, colour_terms, h_matrix
+from onnlab.optics.psf_jacobian import ColourTerms, colour_jacobian, colour_terms, h_matrix
 
 if TYPE_CHECKING:
     from onnlab.optics.layout import OpticsConfig
@@ -58,9 +58,7 @@ class _KernelGram(torch.autograd.Function):
         kh = kw = config.kernel_px
         terms = colour_terms(phases, config, oversample, refractive_index)
         hs = [h_matrix(t, kh, kw) for t in terms]  # kept: the backward needs them again
-        parts = [
-            ((t.pupil * t.beta)[:, None, None] * h).imag for t, h in zip(terms, hs, strict=True)
-        ]
+        parts = [colour_jacobian(t, h) for t, h in zip(terms, hs, strict=True)]
         jac = torch.stack(parts, dim=1).flatten(1, 3).flatten(-2)  # (K, C kh kw, N N)
         ctx.save_for_backward(jac, *hs)
         ctx.terms, ctx.shape = terms, (phases.dtype, kh, kw, phases.shape[1:])
