@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,26 +12,7 @@ from onnlab.data.segmentation import car_id
 from onnlab.errors import DataError
 
 
-def make_carvana(root: Path, cars: int = 6, angles: int = 2) -> None:
-    """JPEG photos with a bright rectangle and the matching GIF mask (palette 0/1 like Kaggle)."""
-    base = root / "Carvana"
-    (base / "train").mkdir(parents=True)
-    (base / "train_masks").mkdir()
-    for c in range(cars):
-        for a in range(angles):
-            image_id = f"car{c:03d}abcd_{a + 1:02d}"
-            img = np.zeros((96, 128, 3), dtype=np.uint8)
-            mask = np.zeros((96, 128), dtype=np.uint8)
-            img[24:72, 32 + 8 * a : 96 + 8 * a] = 230
-            mask[24:72, 32 + 8 * a : 96 + 8 * a] = 1
-            Image.fromarray(img).save(base / "train" / f"{image_id}.jpg", quality=95)
-            gif = Image.fromarray(mask, mode="L").convert("P")
-            gif.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
-            gif.save(base / "train_masks" / f"{image_id}_mask.gif")
-    clear_cache()
-
-
-def test_carvana_split_by_car_and_masks_follow_images(tmp_path):
+def test_carvana_split_by_car_and_masks_follow_images(tmp_path, make_carvana):
     make_carvana(tmp_path)
     train = load_dataset("segmentation", "train", tmp_path, seed=0)
     val = load_dataset("segmentation", "val", tmp_path, seed=0)
@@ -55,7 +34,7 @@ def test_carvana_split_by_car_and_masks_follow_images(tmp_path):
         assert agreement > 0.97 and 0.2 < ds.targets.mean().item() < 0.5
 
 
-def test_carvana_missing_mask_named(tmp_path):
+def test_carvana_missing_mask_named(tmp_path, make_carvana):
     make_carvana(tmp_path, cars=3, angles=1)
     victim = tmp_path / "Carvana" / "train_masks" / "car001abcd_01_mask.gif"
     victim.unlink()
@@ -86,7 +65,7 @@ def test_synthetic_set_is_seeded_and_masks_mark_the_textured_shape(monkeypatch):
     assert not set(tr.indices.tolist()) & set(va.indices.tolist())
 
 
-def test_carvana_cache_reloads_an_edited_mask(tmp_path):
+def test_carvana_cache_reloads_an_edited_mask(tmp_path, make_carvana):
     """The decoded-set cache key covers train_masks/: a mask edited in place is reloaded."""
     import os
 
@@ -106,7 +85,7 @@ def test_carvana_cache_reloads_an_edited_mask(tmp_path):
     assert len(list((tmp_path / "cache").glob("carvana-train-*.npz"))) == 2  # new key
 
 
-def test_teachers_are_registered_per_dataset(tmp_path, monkeypatch):
+def test_teachers_are_registered_per_dataset(tmp_path, monkeypatch, make_carvana):
     """A Carvana teacher must not replace the synthetic-set one (and vice versa)."""
     from onnlab.training.runner import registered_teacher_path
 
