@@ -57,6 +57,10 @@ def sweep_command(
         result = run_sweep(spec, out, list(overrides or []), where=str(file))
     for line in result["lines"]:
         typer.echo(line)
+    if result.get("best_command"):
+        missing = result["best_command_missing"]
+        note = f"  (not expressible as flags: {', '.join(missing)})" if missing else ""
+        typer.echo(f"best point {result['best_point']}: {result['best_command']}{note}")
     typer.echo("summary: " + "  ".join(str(p) for p in result["files"]))
     if result["failed"]:
         for job in result["failed"]:

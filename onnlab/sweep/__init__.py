@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from onnlab.errors import ConfigError
-from onnlab.sweep.collect import best_point, format_rows, summary_table, write_summary
+from onnlab.sweep.collect import (
+    best_point,
+    format_rows,
+    point_command,
+    summary_table,
+    write_summary,
+)
 from onnlab.sweep.engine import launch, read_results, write_hydra_config
-from onnlab.sweep.spec import SweepSpec, load_spec, validate
+from onnlab.sweep.spec import SweepSpec, load_spec, resolve, validate
 
 __all__ = ["SweepSpec", "collect", "load_spec", "run_sweep"]
 
@@ -57,7 +63,11 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
     header = {"sweep": spec.name, "task": spec.task, "role": spec.role, "metric": metric}
     header["seeds"] = spec.seed_list()
     header["score_on"] = spec.score_on
-    header["best_point"] = best_point(table, metric, spec.score_on)
+    header["best_point"] = best = best_point(table, metric, spec.score_on)
+    if best is not None:  # the command that trains the chosen point (the rows of a study)
+        command, unexpressed = point_command(resolve(spec, plan["points"][best]))
+        header["best_command"] = command
+        header["best_command_missing"] = unexpressed
     paths = write_summary(sweep_dir, header, table)
     lines = format_rows(table, metric, spec.score_on)
     return {**header, **table, "lines": lines, "files": paths}

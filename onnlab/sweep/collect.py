@@ -8,6 +8,7 @@ papers report over seeds (``onnlab.training.report.summarise``).
 from __future__ import annotations
 
 import csv
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,55 @@ def format_rows(table: dict[str, Any], metric: str, split: str = "test") -> list
             f"point {row['point']}  {what}  {split} {metric} {score}  (n={len(row['seeds'])}){mark}"
         )
     return lines
+
+
+# TrainConfig fields that `onnlab train` / `onnlab teacher train` take as flags of their own
+TRAIN_FLAGS = {
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "device": "--device",
+    "label_smoothing": "--label-smoothing",
+}
+DATA_FLAGS = {"data_root": "--data-root", "limit": "--limit", "eval_limit": "--eval-limit"}
+
+
+def _flag_text(value: Any) -> str:
+    """A value as the CLI parses it back (floats unrounded: the row reruns the trial exactly)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def point_command(job: dict[str, Any]) -> tuple[str, list[str]]:
+    """(`onnlab train ...` command line that trains one sweep point, settings it cannot carry).
+
+    ``job`` is `onnlab.sweep.spec.resolve`'s dict. Why: the rows of a study are run with the
+    values a tuning sweep chose, and copying ten unrounded floats by hand is how a row ends up
+    trained with something else. Seeds are left to the caller (`--seeds`, `--seed0`); train
+    fields without a flag of their own, and nested architecture values, are returned by name.
+    """
+    teacher = job["role"] == "teacher"
+    words = ["onnlab", "teacher", "train"] if teacher else ["onnlab", "train"]
+    words += ["--task", job["task"]]
+    if not teacher:
+        words += ["--method", job["method"]]
+        if job["teacher"]:
+            words += ["--teacher", job["teacher"]]
+    unexpressed: list[str] = []
+    for key, value in job["loss"].items():
+        words += ["--loss-opt", f"{key}={_flag_text(value)}"]
+    for key, value in job["arch"].items():
+        if isinstance(value, dict | list):
+            unexpressed.append(f"arch.{key}")
+        else:
+            words += ["--arch", f"{key}={_flag_text(value)}"]
+    for key, value in job["train"].items():
+        if key in TRAIN_FLAGS and (key != "label_smoothing" or teacher):
+            words += [TRAIN_FLAGS[key], _flag_text(value)]
+        else:
+            unexpressed.append(f"train.{key}")
+    for key, flag in DATA_FLAGS.items():
+        if job["data"].get(key) is not None:
+            words += [flag, _flag_text(job["data"][key])]
+    return shlex.join(words), unexpressed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 import statistics
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import yaml
 
 from onnlab.cli import main
 from onnlab.errors import ConfigError
-from onnlab.sweep.spec import SweepSpec, load_spec, points, validate
+from onnlab.sweep.collect import point_command
+from onnlab.sweep.spec import SweepSpec, load_spec, points, resolve, validate
 
 pytest.importorskip("hydra")
 
@@ -101,6 +103,23 @@ def test_tuning_sweep_never_scores_the_test_split_and_ranks_by_validation(tmp_pa
     )
     assert "val accuracy" in printed and "test accuracy" not in printed
 
+    # the printed command trains the chosen point again: same config, same validation score
+    command = summary["best_command"]
+    assert f"best point {summary['best_point']}: {command}" in printed
+    assert summary["best_command_missing"] == []
+    argv = shlex.split(command)
+    assert argv[:2] == ["onnlab", "train"]
+    rerun = tmp_path / "rerun"
+    assert _run([*argv[1:], "--seeds", "1", "--out", str(rerun), "--no-progress"]) == 0
+    chosen = out / "jobs" / f"point-{summary['best_point']}-seed-0" / "seed-0"
+    keys = ("lr", "epochs", "batch_size", "seed")
+    again = json.loads((rerun / "seed-0" / "config.json").read_text())
+    before = json.loads((chosen / "config.json").read_text())
+    assert {k: again[k] for k in keys} == {k: before[k] for k in keys}
+    again = json.loads((rerun / "seed-0" / "result.json").read_text())
+    before = json.loads((chosen / "result.json").read_text())
+    assert again["val"]["accuracy"] == before["val"]["accuracy"]
+
 
 def test_sweep_file_errors_are_one_line_before_anything_runs(tmp_path, capsys):
     bad = _write(tmp_path, {**TINY, "train": {"epochs": 1, "learning_rate": 1.0}})
@@ -186,3 +205,26 @@ def test_a_failing_job_is_recorded_and_fails_the_command(tmp_path, capsys):
 def test_shipped_sweep_files_are_valid(path):
     spec = load_spec(path)
     assert len(validate(spec, str(path))) >= 2
+
+
+def test_point_command_carries_unrounded_values_and_names_what_it_cannot():
+    spec = SweepSpec.model_validate(
+        {
+            "task": "cifar10",
+            "method": "ntkd",
+            "train": {"epochs": 30, "weight_decay": 0.01},
+            "arch": {"frontend": "phase", "optics": {"kernel_px": 7}},
+            "data": {"data_root": "/data dir"},
+            "random": {"n": 1, "seed": 0, "params": {"loss.beta": {"low": 0.1, "high": 10.0}}},
+        }
+    )
+    point = {**points(spec)[0], "loss": {**points(spec)[0]["loss"], "anchors": 16}}
+    point["loss"]["signed"] = True
+    command, missing = point_command(resolve(spec, point))
+    argv = shlex.split(command)
+    beta = point["loss"]["beta"]
+    assert argv[:6] == ["onnlab", "train", "--task", "cifar10", "--method", "ntkd"]
+    assert f"beta={beta!r}" in argv and float(argv[argv.index(f"beta={beta!r}")][5:]) == beta
+    assert "anchors=16" in argv and "signed=true" in argv and "frontend=phase" in argv
+    assert argv[argv.index("--epochs") + 1] == "30" and argv[-2:] == ["--data-root", "/data dir"]
+    assert missing == ["arch.optics", "train.weight_decay"]
