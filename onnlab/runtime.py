@@ -64,10 +64,14 @@ def run_dir_at(out: str | Path | None, kind: str) -> Path:
     return path
 
 
+# What a run writes before its first result: settings only, nothing worth keeping by itself
+SETTINGS_FILES = frozenset({"config.json", "run.json"})
+
+
 def holds_results(path: Path) -> bool:
-    """Whether a run folder holds anything worth keeping (beyond its config and temp files)."""
+    """Whether a run folder holds anything worth keeping (beyond its settings and temp files)."""
     return any(
-        p.is_file() and p.name != "config.json" and ".tmp" not in p.name
+        p.is_file() and p.name not in SETTINGS_FILES and ".tmp" not in p.name
         for p in Path(path).rglob("*")
     )
 

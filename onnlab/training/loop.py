@@ -38,6 +38,9 @@ from onnlab.training.metrics import evaluate, primary_metric
 from onnlab.training.report import plot_curves
 
 STATE_FILE = "state.pt"
+# What trains here besides TrainConfig (method, loss options, data, teacher): the `meta` the
+# caller passes, kept beside config.json so a resume with other settings is refused
+RUN_FILE = "run.json"
 
 
 def _param_groups(
@@ -73,16 +76,24 @@ def _optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
+def _check_resumable(run_dir: Path, config: TrainConfig, meta: dict[str, Any] | None) -> None:
+    """Refuse to continue a run with other settings: its epochs so far would not be the
+    run's. TrainConfig fields (config.json) and the caller's `meta` (run.json: method, loss
+    options, data, teacher) must match; folders from before run.json resume on config alone."""
     import json
 
     saved = json.loads((run_dir / "config.json").read_text())
     now = to_jsonable(config.model_dump())
     diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    where = run_dir / "config.json"
+    run_file = run_dir / RUN_FILE
+    if not diff and meta is not None and run_file.is_file():
+        saved, now, where = json.loads(run_file.read_text()), to_jsonable(meta), run_file
+        diff = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
     if diff:
         raise ConfigError(
-            f"{run_dir / 'config.json'}: cannot resume with a different {', '.join(diff)} "
-            f"(saved {[saved.get(k) for k in diff]}, now {[now[k] for k in diff]}); "
+            f"{where}: cannot resume with a different {', '.join(diff)} "
+            f"(saved {[saved.get(k) for k in diff]}, now {[now.get(k) for k in diff]}); "
             "use a new run dir"
         )
 
@@ -168,8 +179,9 @@ def train(
     Args:
         params: parameters to optimise (None: all with requires_grad; the frontend's get
             `config.frontend_lr_scale`). Backend-only fine-tuning passes the backend's.
-        meta: extra checkpoint metadata; `model.pt` is written when the model comes from the
-            zoo or `meta` names task/role/architecture.
+        meta: what trains besides `config` (method, loss options, data, teacher): written to
+            `run.json`, checked on resume, and added to the checkpoint metadata; `model.pt` is
+            written when the model comes from the zoo or `meta` names task/role/architecture.
         label: which model this is ("teacher", "student seed 0 (ntkd)", "NTKD"...): starts
             every progress and epoch line, so a log says what is training.
     """
@@ -188,10 +200,12 @@ def train(
     device = distributed.device_for(config.device)
     resume = distributed.broadcast((run_dir / STATE_FILE).is_file(), world)
     if resume:
-        _check_resumable(run_dir, config)
+        _check_resumable(run_dir, config, meta)
     distributed.barrier(world)  # every rank has read the old config.json before it is rewritten
     if world.is_main:
         write_json(run_dir / "config.json", config.model_dump())
+        if meta is not None:
+            write_json(run_dir / RUN_FILE, meta)
 
     seed_everything(config.seed)
     model.to(device)

@@ -217,6 +217,7 @@ def train_students(
             "limit": limit,
             "dataset": dataset,
             "teacher": str(teacher_path) if teacher else None,
+            "loss_options": opts,  # provenance: which β, T... trained this (and resume checks)
         }
         label = f"{task} student seed {seed} ({method})"
         history = train(
@@ -232,6 +233,8 @@ def train_students(
             "train_time_s": history["train_time_s"],
             "prepare_time_s": history.get("prepare_time_s", 0.0),
             "checkpoint": str(seed_dir / "model.pt"),
+            "loss_options": opts,
+            "architecture": dict(architecture or {}),
         }
         if world().is_main:  # DDP: rank 0 alone writes (every rank tests the same weights)
             write_json(done, result)
@@ -243,6 +246,8 @@ def train_students(
         "metric": metric,
         "dataset": dataset,
         "teacher": str(teacher_path) if teacher is not None else None,
+        "loss_options": dict(loss_options or {}),
+        "architecture": dict(architecture or {}),
         "test": (summarise([r["test"][metric] for r in per_seed]) if evaluate_test else None),
         "val": (
             summarise([r["val"][metric] for r in per_seed])

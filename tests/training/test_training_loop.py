@@ -131,6 +131,27 @@ def test_resume_reproduces_an_uninterrupted_run(mnist_small, tmp_path):
         )
 
 
+def test_resume_refuses_other_settings_than_the_run_started_with(mnist_small, tmp_path):
+    """A run's epochs must all come from one setting: resuming a folder with other loss options
+    (or method, data, teacher: the caller's meta) is refused, the same ones resume."""
+    from onnlab.errors import ConfigError
+
+    small, val_set = mnist_small[0].subset(range(128)), mnist_small[1]
+    meta = {"method": "ntkd", "seed": 0, "loss_options": {"beta": 1.879, "anchors": 16}}
+    run = tmp_path / "r"
+    loss = make_loss("none", "mnist")
+    train(build_student("mnist"), small, val_set, _config(epochs=1), loss, run, meta=meta)
+    assert json.loads((run / "run.json").read_text()) == meta
+    two = _config(epochs=2)  # epochs may grow on resume; the rest may not change
+    other = {**meta, "loss_options": {"beta": 1.0, "anchors": 16}}
+    with pytest.raises(ConfigError, match="run.json: cannot resume with a different loss_options"):
+        train(build_student("mnist"), small, val_set, two, loss, run, meta=other)
+    with pytest.raises(ConfigError, match="different method"):
+        train(build_student("mnist"), small, val_set, two, loss, run, meta={**meta, "method": "kd"})
+    history = train(build_student("mnist"), small, val_set, two, loss, run, meta=meta)
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+
+
 def test_checkpoint_round_trip_with_measured_psfs(tmp_path):
     model = build_student("cifar10", pseudo_negative=True)
     model.initialise(torch.rand(8, 3, 32, 32))
@@ -184,6 +205,8 @@ def test_cli_teacher_then_kd_student_then_evaluate(tmp_path, capsys, monkeypatch
                 "2",
                 "--teacher",
                 str(teacher),
+                "--loss-opt",
+                "temperature=3.5",
                 "--out",
                 str(tmp_path / "s"),
                 *common,
@@ -191,6 +214,12 @@ def test_cli_teacher_then_kd_student_then_evaluate(tmp_path, capsys, monkeypatch
         )
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["method"] == "kd" and summary["test"]["n"] == 2
+    # provenance: the options that trained every seed, in the summary, results and run.json
+    assert summary["loss_options"] == {"temperature": 3.5} and summary["architecture"] == {}
+    for seed in (0, 1):
+        assert summary["runs"][seed]["loss_options"] == {"temperature": 3.5}
+        run = json.loads((tmp_path / "s" / f"seed-{seed}" / "run.json").read_text())
+        assert run["method"] == "kd" and run["loss_options"] == {"temperature": 3.5}
     assert (tmp_path / "s" / "seed-1" / "model.pt").is_file()
     with pytest.raises(SystemExit):
         main(
