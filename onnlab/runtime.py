@@ -64,8 +64,12 @@ def run_dir_at(out: str | Path | None, kind: str) -> Path:
     return path
 
 
-# What a run writes before its first result: settings only, nothing worth keeping by itself
-SETTINGS_FILES = frozenset({"config.json", "run.json"})
+# What a training run writes before its first result (`onnlab.training.loop`): its TrainConfig
+# and what trains besides it (method, loss options, data, teacher) -- settings, nothing worth
+# keeping by themselves
+CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
+SETTINGS_FILES = frozenset({CONFIG_FILE, RUN_FILE})
 
 
 def holds_results(path: Path) -> bool:

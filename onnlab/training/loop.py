@@ -28,7 +28,7 @@ from torch import nn
 from onnlab.data.base import ArrayDataset
 from onnlab.distill.teacher_outputs import ViewStream
 from onnlab.errors import ConfigError, OnnlabError
-from onnlab.runtime import seed_everything, to_jsonable, write_json
+from onnlab.runtime import CONFIG_FILE, RUN_FILE, seed_everything, to_jsonable, write_json
 from onnlab.training import distributed
 from onnlab.training.augment import augment_batch
 from onnlab.training.checkpoint import atomic_torch_save, model_meta, save_checkpoint
@@ -38,9 +38,6 @@ from onnlab.training.metrics import evaluate, primary_metric
 from onnlab.training.report import plot_curves
 
 STATE_FILE = "state.pt"
-# What trains here besides TrainConfig (method, loss options, data, teacher): the `meta` the
-# caller passes, kept beside config.json so a resume with other settings is refused
-RUN_FILE = "run.json"
 
 
 def _param_groups(
@@ -82,10 +79,10 @@ def _check_resumable(run_dir: Path, config: TrainConfig, meta: dict[str, Any] | 
     options, data, teacher) must match; folders from before run.json resume on config alone."""
     import json
 
-    saved = json.loads((run_dir / "config.json").read_text())
+    where = run_dir / CONFIG_FILE
+    saved = json.loads(where.read_text())
     now = to_jsonable(config.model_dump())
     diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    where = run_dir / "config.json"
     run_file = run_dir / RUN_FILE
     if not diff and meta is not None and run_file.is_file():
         saved, now, where = json.loads(run_file.read_text()), to_jsonable(meta), run_file
@@ -203,7 +200,7 @@ def train(
         _check_resumable(run_dir, config, meta)
     distributed.barrier(world)  # every rank has read the old config.json before it is rewritten
     if world.is_main:
-        write_json(run_dir / "config.json", config.model_dump())
+        write_json(run_dir / CONFIG_FILE, config.model_dump())
         if meta is not None:
             write_json(run_dir / RUN_FILE, meta)
 
