@@ -29,6 +29,9 @@ the RMS distance between the centroids of those point images (where a display pi
 the camera). The parameter-space numbers are kept as ``psf_rel_error_kernel_window`` and
 ``registration_error_params_px``. ``unexplained_fraction`` is the fraction of the captured
 signal power the calibrated model leaves beyond noise (psf step).
+
+``frame_timing`` (first bench only): ms per frame through ``slm.show`` + ``camera.capture``
+against the batched ``bench.render`` of the same images, and their ratio.
 """
 
 from __future__ import annotations
@@ -132,8 +135,35 @@ def _sensor_psf_scores(bench: Any, twin: Any) -> tuple[float, float]:
     return rel, float(np.sqrt(np.mean(np.concatenate(dist))))
 
 
+def _frame_timing(bench: Any, n: int = 200) -> dict[str, float]:
+    """Milliseconds per frame through the driver API (``slm.show`` + ``camera.capture``, one at a
+    time, as a capture script does) and through the batched ``bench.render`` (the baseline,
+    same images, same process), with their ratio: what a simulated capture costs per image."""
+    images = torch.as_tensor(
+        np.random.default_rng(1).random((n, bench.channels, *bench.image_hw)), dtype=torch.float32
+    )
+    t0 = time.perf_counter()
+    for i in range(n):
+        shown = images[i, 0] if bench.channels == 1 else images[i]  # the SLM takes (H, W) mono
+        bench.slm.show(shown.numpy(), pattern_id=f"timing-{i}")
+        bench.camera.capture()
+    per_frame = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    bench.render(images)
+    batched = (time.perf_counter() - t0) / n
+    return {
+        "frame_ms": per_frame * 1e3,
+        "render_ms_per_frame": batched * 1e3,
+        "frame_over_render": per_frame / batched,
+    }
+
+
 def evaluate_one(
-    seed: int, quick: bool, points: bool = False, model: str | None = None
+    seed: int,
+    quick: bool,
+    points: bool = False,
+    model: str | None = None,
+    timing: bool = False,
 ) -> dict[str, Any]:
     """Build the sim bench of configs/bench/sim.yaml with ``seed`` (and ``model``, default
     the config's), calibrate, score."""
@@ -206,6 +236,8 @@ def evaluate_one(
             "seconds_by_step": {k: r.seconds for k, r in run.results.items()},
             "frames": int(art.meta.notes.get("frames_captured", 0)),
         }
+        if timing:  # once per benchmark run: the capture speed of the simulated bench
+            out["frame_timing"] = _frame_timing(bench, 50 if quick else 200)
         # The point-source estimator, for comparison (same bench, same geometry); it has no
         # leakage model, so it is not run on the physical bench.
         if points and not physical:
@@ -226,7 +258,7 @@ def run(quick: bool = False, seed: int = 0, model: str | None = None) -> dict:
     t0 = time.perf_counter()
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
     benches = [
-        evaluate_one(s, quick, points=(not quick and i == 0), model=model)
+        evaluate_one(s, quick, points=(not quick and i == 0), model=model, timing=(i == 0))
         for i, s in enumerate(seeds)
     ]
     keys = (
@@ -245,6 +277,7 @@ def run(quick: bool = False, seed: int = 0, model: str | None = None) -> dict:
     result["pass"] = {k: result[k] <= v for k, v in GOALS.items()}
     result["quick"] = bool(quick)
     result["model"] = benches[0]["model"]
+    result["frame_timing"] = next((b["frame_timing"] for b in benches if "frame_timing" in b), None)
     result["benches"] = benches
     result["wall_seconds"] = time.perf_counter() - t0
     return result

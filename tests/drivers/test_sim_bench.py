@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -203,16 +201,15 @@ def test_noise_is_a_pure_function_of_what_is_shown() -> None:
     assert not np.array_equal(c.camera.capture().pixels, first[0])
 
 
-def test_per_frame_capture_takes_milliseconds() -> None:
+def test_frame_ids_follow_a_long_show_capture_stream() -> None:
+    """200 show/capture pairs: every frame carries its pattern and a consecutive frame id.
+    (Capture speed is measured by `onnlab bench calibration`'s frame_timing, not here.)"""
     bench = SimulatedBench(design_psfs("mnist", 8, 7, seed=7), (28, 28))
     img = np.random.default_rng(1).random((28, 28))
-    t0 = time.perf_counter()
     for i in range(200):
         bench.slm.show(img, pattern_id=i)
         frame = bench.camera.capture()
-    per_frame = (time.perf_counter() - t0) / 200
-    assert frame.pattern_id == 199 and frame.frame_id == 199
-    assert per_frame < 0.02, f"{per_frame * 1e3:.1f} ms per frame"
+        assert frame.pattern_id == i and frame.frame_id == i
 
 
 def test_bad_bench_parameters_name_the_parameter() -> None:
