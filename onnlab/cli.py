@@ -43,6 +43,13 @@ def _plain_help() -> None:
     """
     from typer.core import TyperArgument, TyperOption
 
+    needed = (
+        hasattr(TyperOption, "display_type_rich")
+        and hasattr(TyperArgument, "display_type_rich")
+        and hasattr(TyperArgument, "_usage_display_name")
+    )
+    if not needed:  # a typer without these hooks (older, e.g. a GPU image's): its own help
+        return
     if getattr(TyperOption.display_type_rich, "_onnlab", False):
         return
     option_type = TyperOption.display_type_rich
